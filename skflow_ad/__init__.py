@@ -1,0 +1,8 @@
+"""skflow_ad: normalizing-flow anomaly detection for images as scikit-learn estimators."""
+
+from .features import PretrainedWeightsError
+from .uflow import UFlowDetector
+
+__version__ = "0.1.0"
+
+__all__ = ["UFlowDetector", "PretrainedWeightsError", "__version__"]

@@ -1,0 +1,299 @@
+"""Frozen feature extractors: images ``(n, 3, H, W)`` to lists of feature maps.
+
+Every extractor is an ``nn.Module`` in eval mode with gradients disabled whose
+``forward`` returns a list of maps ``(n, C_s, h_s, w_s)``, finest scale first.
+Extractors are built without network access when ``pretrained`` is ``False`` or
+a local file; with ``pretrained=True`` timm downloads ImageNet weights and a
+failed download raises :class:`PretrainedWeightsError` saying what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The U-Flow paper's multi-scale CaiT: (timm name, input size, last block index).
+MCAIT_MODELS = (("cait_m48_448", 448, 40), ("cait_s24_224", 224, 20))
+
+#: CS-Flow: EfficientNet-B5 output of stage 6 (its last block, index 8), stride 32.
+CSFLOW_BACKBONE = "tf_efficientnet_b5"
+CSFLOW_STAGE = 5
+
+
+class PretrainedWeightsError(RuntimeError):
+    """The pretrained weights of a backbone could not be obtained."""
+
+
+def _read_state_dict(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__}).")
+    return state
+
+
+def _load_weights(model, path, model_name):
+    """Load a local state dict into ``model``, ignoring heads the extractor drops."""
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise ValueError(
+            f"weights file {str(path)!r} does not match backbone {model_name!r}: "
+            f"{len(missing)} parameters missing, e.g. {missing[:3]}."
+        )
+    bad_shapes = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad_shapes:
+        raise ValueError(
+            f"weights file {str(path)!r} does not match backbone {model_name!r}: "
+            f"shape mismatch for {bad_shapes[:3]}."
+        )
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def create_timm_model(model_name, pretrained, **kwargs):
+    """Create a timm model with ImageNet weights, a local weights file or none.
+
+    Parameters
+    ----------
+    model_name : str
+        A timm model name.
+    pretrained : bool or path-like
+        ``True`` downloads ImageNet weights, ``False`` keeps random weights, a
+        path loads a state dict saved with ``torch.save(model.state_dict())`` or
+        a ``.safetensors`` file.
+    **kwargs
+        Passed to :func:`timm.create_model` (e.g. ``features_only``).
+    """
+    import timm
+
+    if pretrained is True:
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except Exception as exc:  # network, hub or cache errors all mean the same to the user
+            raise PretrainedWeightsError(
+                f"Could not download the ImageNet weights of backbone {model_name!r} "
+                f"({type(exc).__name__}: {exc}). On a machine without internet access, "
+                f"save them on a connected machine with "
+                f"torch.save(timm.create_model({model_name!r}, pretrained=True).state_dict(), "
+                f"'{model_name}.pth') and pass pretrained='path/to/{model_name}.pth' "
+                f"(for backbone='mcait', a folder holding one such file per model), "
+                f"or pass pretrained=False to use random weights (much weaker features)."
+            ) from exc
+    model = timm.create_model(model_name, pretrained=False, **kwargs)
+    if pretrained is not False:
+        path = Path(pretrained)
+        if path.is_dir():
+            candidates = [path / f"{model_name}{ext}" for ext in (".pth", ".pt", ".bin", ".safetensors")]
+            found = [p for p in candidates if p.is_file()]
+            if not found:
+                raise FileNotFoundError(
+                    f"no weights for {model_name!r} in folder {str(path)!r}: expected one of "
+                    f"{[p.name for p in candidates]}."
+                )
+            path = found[0]
+        _load_weights(model, path, model_name)
+    return model
+
+
+def _freeze(module):
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def _per_scale_norm(maps):
+    # Parameter-free layer norm over (C, h, w): keeps the features frozen, hence cacheable.
+    return [F.layer_norm(m, m.shape[1:]) for m in maps]
+
+
+class TimmFeaturePyramid(nn.Module):
+    """Maps of a timm CNN at three strides (ResNet: layer1-layer3), layer-normed.
+
+    Parameters
+    ----------
+    model_name : str
+        Any timm model that supports ``features_only``.
+    pretrained : bool or path-like
+        See :func:`create_timm_model`.
+    out_indices : tuple of int
+        timm feature indices; ``(1, 2, 3)`` is strides 4, 8, 16 on ResNets.
+    """
+
+    def __init__(self, model_name, pretrained, out_indices=(1, 2, 3)):
+        super().__init__()
+        self.model_name = model_name
+        self.body = _freeze(
+            create_timm_model(model_name, pretrained, features_only=True, out_indices=out_indices)
+        )
+        cfg = self.body.pretrained_cfg or {}
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
+
+    def forward(self, images):
+        """``(n, 3, H, W)`` normalized images -> list of ``(n, C_s, H/r_s, W/r_s)``."""
+        return _per_scale_norm(self.body(images))
+
+
+class _CaiTTokenMaps(nn.Module):
+    """Patch tokens of a CaiT after a given block, with the model's final norm."""
+
+    def __init__(self, model_name, pretrained, input_size, last_block):
+        super().__init__()
+        model = create_timm_model(model_name, pretrained)
+        if last_block >= len(model.blocks):
+            raise ValueError(f"{model_name} has {len(model.blocks)} blocks; block {last_block} requested.")
+        self.input_size = input_size
+        self.patch_embed = model.patch_embed
+        self.pos_embed = model.pos_embed
+        # Blocks after `last_block`, the class-attention blocks and the head are never used.
+        self.blocks = model.blocks[: last_block + 1]
+        self.norm = model.norm
+        self.grid = self.patch_embed.grid_size
+        _freeze(self)
+
+    def forward(self, images):
+        if tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            images = F.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False
+            )
+        tokens = self.norm(self.blocks(self.patch_embed(images) + self.pos_embed))
+        n, _, dim = tokens.shape
+        return tokens.transpose(1, 2).reshape(n, dim, *self.grid)
+
+
+class MultiScaleCaiT(nn.Module):
+    """The U-Flow paper's extractor: CaiT-M48 at 448 px and CaiT-S24 at 224 px.
+
+    Returns two maps, ``(n, 768, 28, 28)`` and ``(n, 384, 14, 14)``.
+    """
+
+    def __init__(self, pretrained, models=MCAIT_MODELS):
+        super().__init__()
+        self.models = nn.ModuleList(
+            _CaiTTokenMaps(name, pretrained, size, block) for name, size, block in models
+        )
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+
+    def forward(self, images):
+        return [model(images) for model in self.models]
+
+
+class UserBackbone(nn.Module):
+    """Wrap a user's module returning a list of maps; sorted finest first, frozen."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = _freeze(module)
+        self.mean = getattr(module, "mean", IMAGENET_MEAN)
+        self.std = getattr(module, "std", IMAGENET_STD)
+
+    def forward(self, images):
+        maps = self.module(images)
+        if isinstance(maps, torch.Tensor):
+            maps = [maps]
+        maps = list(maps)
+        if not maps or any(not isinstance(m, torch.Tensor) or m.ndim != 4 for m in maps):
+            raise ValueError(
+                "a backbone module must return a list of 4-d feature maps (n, C, h, w)."
+            )
+        return sorted(maps, key=lambda m: -m.shape[-1] * m.shape[-2])
+
+
+class EfficientNetStage(nn.Module):
+    """EfficientNet trunk up to the end of one stage (CS-Flow: B5 stage 6, 304 ch, stride 32).
+
+    ``forward`` takes one image batch and returns its single map ``(n, C, H/32, W/32)``.
+    """
+
+    def __init__(self, pretrained, model_name=CSFLOW_BACKBONE, stage=CSFLOW_STAGE):
+        super().__init__()
+        model = create_timm_model(model_name, pretrained)
+        self.stem = nn.Sequential(model.conv_stem, model.bn1)
+        self.blocks = model.blocks[: stage + 1]
+        cfg = model.pretrained_cfg or {}
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.out_channels = self.blocks[-1][-1].conv_pwl.out_channels
+        _freeze(self)
+
+    def forward(self, images):
+        return self.blocks(self.stem(images))
+
+
+class ImagePyramidFeatures(nn.Module):
+    """One CNN applied to the image at full, half and quarter size (CS-Flow).
+
+    Returns ``n_scales`` maps, finest (full image) first.
+    """
+
+    def __init__(self, trunk, n_scales=3):
+        super().__init__()
+        self.trunk = trunk
+        self.n_scales = n_scales
+        self.mean = trunk.mean
+        self.std = trunk.std
+
+    def forward(self, images):
+        height, width = images.shape[-2:]
+        maps = []
+        for scale in range(self.n_scales):
+            if scale:
+                size = (height // 2**scale, width // 2**scale)
+                images_s = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            else:
+                images_s = images
+            maps.append(self.trunk(images_s))
+        return maps
+
+
+#: Backbone names U-Flow knows beyond "any timm features_only model".
+UFLOW_BACKBONES = ("mcait", "resnet18", "wide_resnet50_2")
+
+
+def build_uflow_extractor(backbone, pretrained):
+    """The frozen U-Flow extractor for ``backbone`` (a name or an ``nn.Module``)."""
+    if isinstance(backbone, nn.Module):
+        return UserBackbone(backbone)
+    if backbone == "mcait":
+        return MultiScaleCaiT(pretrained)
+    return TimmFeaturePyramid(backbone, pretrained)
+
+
+def default_uflow_image_size(backbone):
+    """The paper's working resolution: 448 for ``"mcait"``, 256 otherwise."""
+    return 448 if isinstance(backbone, str) and backbone == "mcait" else 256
+
+
+def check_timm_name(backbone):
+    """Raise ``ValueError`` when ``backbone`` is not a timm model name."""
+    import timm
+
+    if backbone != "mcait" and backbone not in timm.list_models():
+        raise ValueError(
+            f"backbone {backbone!r} is not 'mcait' nor a timm model name "
+            f"(see timm.list_models()); e.g. 'resnet18' or 'wide_resnet50_2'."
+        )
+
+
+def is_path_like(value):
+    return isinstance(value, (str, os.PathLike))

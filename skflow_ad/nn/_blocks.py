@@ -1,0 +1,86 @@
+"""Pieces shared by the FrEIA flows: seeded construction and coupling subnets."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Seed torch's and numpy's global generators inside the block, then restore them.
+
+    FrEIA draws its permutations from ``np.random`` and torch initialises
+    weights from its global generator; seeding both makes a build reproducible
+    without disturbing the caller's random streams.
+    """
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            with warnings.catch_warnings():
+                # A one-channel input gives FrEIA an empty coupling half; that is fine.
+                warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+                yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+class ConvSubnet(nn.Sequential):
+    """conv(k) - ReLU - conv(k): U-Flow's coupling subnet, ``(n, c_in, h, w) -> (n, c_out, h, w)``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, hidden_ratio):
+        hidden = max(1, int(round(hidden_ratio * in_channels)))
+        padding = kernel_size // 2
+        super().__init__(
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=padding),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_channels, kernel_size, padding=padding),
+        )
+
+
+class MLPSubnet(nn.Sequential):
+    """linear - ReLU - linear: the coupling subnet of the flow on feature vectors."""
+
+    def __init__(self, in_features, out_features, hidden_ratio, min_hidden=16):
+        hidden = max(min_hidden, int(round(hidden_ratio * in_features)))
+        super().__init__(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+        )
+
+
+class SubnetFactory:
+    """Picklable ``(c_in, c_out) -> nn.Module`` callable for FrEIA's ``subnet_constructor``."""
+
+    def __init__(self, subnet_class, **kwargs):
+        self.subnet_class = subnet_class
+        self.kwargs = kwargs
+
+    def __call__(self, in_channels, out_channels):
+        return self.subnet_class(in_channels, out_channels, **self.kwargs)
+
+
+def all_in_one_kwargs(
+    affine_clamp,
+    permute_soft,
+    gin_block,
+    global_affine_type,
+    global_affine_init,
+    learned_householder_permutation,
+    reverse_permutation,
+):
+    """The keyword arguments of FrEIA's ``AllInOneBlock`` from our parameter names."""
+    return dict(
+        affine_clamping=affine_clamp,
+        permute_soft=permute_soft,
+        gin_block=gin_block,
+        global_affine_type=global_affine_type,
+        global_affine_init=global_affine_init,
+        learned_householder_permutation=learned_householder_permutation,
+        reverse_permutation=reverse_permutation,
+    )

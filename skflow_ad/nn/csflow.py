@@ -1,0 +1,638 @@
+"""The fully convolutional cross-scale normalizing flow of CS-Flow (arXiv 2110.02855).
+
+CS-Flow transforms feature maps of the same image at several scales jointly.
+Scale 0 is the finest map (features of the full-size image), each following
+scale is about half the size of the previous one. Every coupling block sees
+all scales at once: its subnets are *cross convolutions*, which mix each
+scale with its finer and coarser neighbour, so the density of a location is
+estimated with both local and global context.
+
+The flow is a FrEIA ``GraphINN`` of, per block, one fixed random channel
+permutation per scale followed by a :class:`CrossScaleCoupling`. All
+parameters are convolution kernels, so one flow applies to maps of any
+spatial size (see :class:`CrossScaleFlow`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import FrEIA.framework as Ff
+import torch
+import torch.nn.functional as F
+from FrEIA.modules import InvertibleModule
+from torch import Tensor, nn
+
+__all__ = [
+    "ChannelPermutation",
+    "CrossConvolution",
+    "CrossConvolutionSubnet",
+    "CrossScaleCoupling",
+    "CrossScaleFlow",
+    "csflow_anomaly_map",
+    "csflow_anomaly_score",
+    "csflow_nll",
+]
+
+LEAKY_RELU_SLOPE = 0.1
+
+
+def soft_clamp(log_scale: Tensor, clamp: float) -> Tensor:
+    """Squash log-scales smoothly into ``(-clamp, clamp)``.
+
+    Parameters
+    ----------
+    log_scale : Tensor, any shape
+        Raw log-scales predicted by a subnet.
+    clamp : float
+        Bound, > 0.
+
+    Returns
+    -------
+    Tensor, same shape
+        ``clamp * (2 / pi) * atan(log_scale / clamp)``; about
+        ``(2 / pi) * log_scale`` for ``|log_scale| << clamp``.
+    """
+    return clamp * (2.0 / math.pi) * torch.atan(log_scale / clamp)
+
+
+def _resize(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinearly resize ``(n, c, h, w)`` maps to ``size = (H, W)``; no-op when already there."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    # align_corners=False maps the full extent of one grid onto the other, which
+    # keeps scales registered when sizes are not exact halves (e.g. 7 -> 4).
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _reset_conv_(conv: nn.Conv2d, generator: torch.Generator | None) -> None:
+    """PyTorch's default ``Conv2d`` initialisation, drawn from ``generator``."""
+    nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=generator)
+    if conv.bias is not None:
+        fan_in = conv.weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(conv.bias, -bound, bound, generator=generator)
+
+
+class CrossConvolution(nn.Module):
+    """One cross-convolution layer over a pyramid of feature maps.
+
+    The output at scale ``i`` is the sum of
+
+    - a convolution of scale ``i`` (kernel ``k``, padding ``k // 2``),
+    - a convolution of the next coarser scale ``i + 1``, bilinearly upsampled
+      to the size of scale ``i``,
+    - a stride-2 convolution of the next finer scale ``i - 1``, resized
+      bilinearly to the size of scale ``i`` when the strided output
+      (``ceil(h / 2)``) differs from it.
+
+    Only the same-scale convolution has a bias: the three are summed, so more
+    biases would add parameters but no expressiveness.
+
+    Parameters
+    ----------
+    in_channels : sequence of int
+        Input channels per scale, finest first.
+    out_channels : sequence of int
+        Output channels per scale.
+    kernel_size : int
+        Odd kernel size of every convolution.
+    generator : torch.Generator, optional
+        Source of the initial weights; torch's global generator if None.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: Sequence[int],
+        kernel_size: int,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if len(in_channels) != len(out_channels):
+            raise ValueError(
+                f"in_channels and out_channels must have one entry per scale, "
+                f"got {len(in_channels)} and {len(out_channels)}."
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
+        n_scales = len(in_channels)
+        padding = kernel_size // 2
+        self.same_scale_convs = nn.ModuleList(
+            nn.Conv2d(in_channels[i], out_channels[i], kernel_size, padding=padding)
+            for i in range(n_scales)
+        )
+        # up_convs[i] carries scale i + 1 up to scale i; down_convs[i] carries scale i down to i + 1.
+        self.up_convs = nn.ModuleList(
+            nn.Conv2d(in_channels[i + 1], out_channels[i], kernel_size, padding=padding, bias=False)
+            for i in range(n_scales - 1)
+        )
+        self.down_convs = nn.ModuleList(
+            nn.Conv2d(
+                in_channels[i], out_channels[i + 1], kernel_size, stride=2, padding=padding, bias=False
+            )
+            for i in range(n_scales - 1)
+        )
+        for conv in [*self.same_scale_convs, *self.up_convs, *self.down_convs]:
+            _reset_conv_(conv, generator)
+
+    def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        maps : sequence of Tensor
+            One ``(n, in_channels[i], h_i, w_i)`` map per scale, finest first.
+
+        Returns
+        -------
+        list of Tensor
+            One ``(n, out_channels[i], h_i, w_i)`` map per scale.
+        """
+        n_scales = len(maps)
+        outputs = []
+        for i, scale_map in enumerate(maps):
+            size = scale_map.shape[-2:]
+            out = self.same_scale_convs[i](scale_map)
+            if i + 1 < n_scales:
+                out = out + _resize(self.up_convs[i](maps[i + 1]), size)
+            if i > 0:
+                out = out + _resize(self.down_convs[i - 1](maps[i - 1]), size)
+            outputs.append(out)
+        return outputs
+
+
+class CrossConvolutionSubnet(nn.Module):
+    """The coupling subnet of CS-Flow: cross-conv, LeakyReLU(0.1), cross-conv, gain.
+
+    Each scale's output is multiplied by a learnable scalar gain initialised
+    at zero, so a fresh subnet outputs zeros and a fresh coupling block is the
+    identity.
+
+    Parameters
+    ----------
+    in_channels : sequence of int
+        Input channels per scale, finest first.
+    out_channels : sequence of int
+        Output channels per scale.
+    hidden_channels : int
+        Channels of the hidden layer at every scale.
+    kernel_size : int
+        Odd kernel size of both layers.
+    generator : torch.Generator, optional
+        Source of the initial weights.
+
+    Attributes
+    ----------
+    output_gains : nn.Parameter, shape (n_scales,)
+        Per-scale factors on the output, zero at construction.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: Sequence[int],
+        hidden_channels: int,
+        kernel_size: int,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        n_scales = len(in_channels)
+        self.hidden_layer = CrossConvolution(
+            in_channels, [hidden_channels] * n_scales, kernel_size, generator
+        )
+        self.output_layer = CrossConvolution(
+            [hidden_channels] * n_scales, out_channels, kernel_size, generator
+        )
+        self.output_gains = nn.Parameter(torch.zeros(n_scales))
+
+    def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
+        """Map ``(n, in_channels[i], h_i, w_i)`` per scale to ``(n, out_channels[i], h_i, w_i)``."""
+        hidden = [F.leaky_relu(h, LEAKY_RELU_SLOPE) for h in self.hidden_layer(maps)]
+        outputs = self.output_layer(hidden)
+        return [out * self.output_gains[i] for i, out in enumerate(outputs)]
+
+
+class ChannelPermutation(InvertibleModule):
+    """A fixed random permutation of the channels of one ``(n, c, h, w)`` input.
+
+    Unlike FrEIA's ``PermuteRandom``, the permutation is drawn from a given
+    ``torch.Generator`` (not by reseeding numpy's global generator) and kept
+    as a buffer, so it moves with ``.to()`` and is not handed to optimisers.
+
+    Parameters
+    ----------
+    dims_in : list of one tuple (c, h, w)
+        FrEIA input dimensions.
+    dims_c : list, optional
+        Conditions; none are accepted.
+    generator : torch.Generator, optional
+        Source of the permutation; torch's global generator if None.
+    """
+
+    def __init__(self, dims_in, dims_c=None, generator: torch.Generator | None = None):
+        super().__init__(dims_in, dims_c)
+        if len(self.dims_in) != 1:
+            raise ValueError(f"{type(self).__name__} takes exactly one input, got {len(self.dims_in)}.")
+        if self.dims_c:
+            raise ValueError(f"{type(self).__name__} takes no conditions.")
+        n_channels = self.dims_in[0][0]
+        permutation = torch.randperm(n_channels, generator=generator)
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation))
+
+    def forward(self, x_or_z, c=None, rev=False, jac=True):
+        """Permute (``rev=False``) or un-permute channels; the log-determinant is 0."""
+        (tensor,) = x_or_z
+        index = self.inverse_permutation if rev else self.permutation
+        log_jac_det = tensor.new_zeros(tensor.shape[0])
+        return (tensor[:, index],), log_jac_det
+
+    def output_dims(self, input_dims):
+        return list(input_dims)
+
+
+class CrossScaleCoupling(InvertibleModule):
+    """Affine coupling block of CS-Flow over all scales at once.
+
+    Each scale's channels are split into a first half ``x1`` (``c // 2``
+    channels) and a second half ``x2`` (the rest). Both halves are transformed:
+
+    1. ``s2, t2 = r2(x1)`` over all scales, ``y2 = x2 * exp(soft_clamp(s2)) + t2``,
+    2. ``s1, t1 = r1(y2)`` over all scales, ``y1 = x1 * exp(soft_clamp(s1)) + t1``,
+
+    where ``r1``, ``r2`` are :class:`CrossConvolutionSubnet` s. The output of
+    scale ``i`` is ``cat(y1, y2)``; the log-determinant is the sum of all
+    clamped log-scales.
+
+    Parameters
+    ----------
+    dims_in : list of tuple (c_i, h_i, w_i)
+        FrEIA input dimensions, one per scale, finest first; every ``c_i >= 2``.
+        Only the channels are used: the block works on any spatial size.
+    dims_c : list, optional
+        Conditions; none are accepted.
+    hidden_channels : int
+        Hidden channels of the subnets.
+    kernel_size : int
+        Odd kernel size of the subnets' convolutions.
+    clamp : float
+        Bound of the soft clamping of the log-scales, > 0.
+    generator : torch.Generator, optional
+        Source of the initial weights.
+
+    Attributes
+    ----------
+    second_half_subnet : CrossConvolutionSubnet
+        ``r2``: predicts ``(s2, t2)`` from the first halves.
+    first_half_subnet : CrossConvolutionSubnet
+        ``r1``: predicts ``(s1, t1)`` from the transformed second halves.
+    """
+
+    def __init__(
+        self,
+        dims_in,
+        dims_c=None,
+        hidden_channels: int = 1024,
+        kernel_size: int = 3,
+        clamp: float = 3.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(dims_in, dims_c)
+        if self.dims_c:
+            raise ValueError(f"{type(self).__name__} takes no conditions.")
+        channels = [int(dims[0]) for dims in self.dims_in]
+        if min(channels) < 2:
+            raise ValueError(f"Every scale needs at least 2 channels to be split, got {channels}.")
+        if not clamp > 0:
+            raise ValueError(f"clamp must be > 0, got {clamp}.")
+        self.clamp = float(clamp)
+        self.first_half_channels = [c // 2 for c in channels]
+        self.second_half_channels = [c - c // 2 for c in channels]
+        self.second_half_subnet = CrossConvolutionSubnet(
+            self.first_half_channels,
+            [2 * c for c in self.second_half_channels],
+            hidden_channels,
+            kernel_size,
+            generator,
+        )
+        self.first_half_subnet = CrossConvolutionSubnet(
+            self.second_half_channels,
+            [2 * c for c in self.first_half_channels],
+            hidden_channels,
+            kernel_size,
+            generator,
+        )
+
+    def _log_scales_and_shifts(self, subnet, conditions, transformed_channels):
+        """Clamped log-scales and shifts, each ``(n, transformed_channels[i], h_i, w_i)`` per scale."""
+        log_scales, shifts = [], []
+        for params, n_channels in zip(subnet(conditions), transformed_channels):
+            log_scales.append(soft_clamp(params[:, :n_channels], self.clamp))
+            shifts.append(params[:, n_channels:])
+        return log_scales, shifts
+
+    def forward(self, x_or_z, c=None, rev=False, jac=True):
+        """Transform all scales (``rev=False``) or invert the transformation.
+
+        Parameters
+        ----------
+        x_or_z : sequence of Tensor
+            One ``(n, c_i, h_i, w_i)`` tensor per scale.
+        c : ignored
+        rev : bool
+            Invert instead of transforming.
+        jac : bool
+            Whether the log-determinant is wanted; it is cheap and always returned.
+
+        Returns
+        -------
+        outputs : tuple of Tensor
+            Same shapes as ``x_or_z``.
+        log_jac_det : Tensor, shape (n,)
+            ``log |det J|`` of the forward map, negated when ``rev=True``.
+        """
+        first = [t[:, :n] for t, n in zip(x_or_z, self.first_half_channels)]
+        second = [t[:, n:] for t, n in zip(x_or_z, self.first_half_channels)]
+        if not rev:
+            s2, t2 = self._log_scales_and_shifts(self.second_half_subnet, first, self.second_half_channels)
+            second = [x * torch.exp(s) + t for x, s, t in zip(second, s2, t2)]
+            s1, t1 = self._log_scales_and_shifts(self.first_half_subnet, second, self.first_half_channels)
+            first = [x * torch.exp(s) + t for x, s, t in zip(first, s1, t1)]
+        else:
+            s1, t1 = self._log_scales_and_shifts(self.first_half_subnet, second, self.first_half_channels)
+            first = [(y - t) * torch.exp(-s) for y, s, t in zip(first, s1, t1)]
+            s2, t2 = self._log_scales_and_shifts(self.second_half_subnet, first, self.second_half_channels)
+            second = [(y - t) * torch.exp(-s) for y, s, t in zip(second, s2, t2)]
+        outputs = tuple(torch.cat([a, b], dim=1) for a, b in zip(first, second))
+        log_jac_det = sum(s.flatten(1).sum(dim=1) for s in [*s1, *s2])
+        return outputs, (-log_jac_det if rev else log_jac_det)
+
+    def output_dims(self, input_dims):
+        return list(input_dims)
+
+
+class CrossScaleFlow(nn.Module):
+    """CS-Flow: permutations and cross-scale coupling blocks in a FrEIA ``GraphINN``.
+
+    Before each of the ``n_coupling_blocks`` :class:`CrossScaleCoupling`
+    blocks, the channels of every scale are shuffled by a fixed random
+    :class:`ChannelPermutation`, drawn independently per scale and block.
+
+    Shape handling: every parameter is a convolution kernel, so the flow is
+    built in the constructor without knowing spatial sizes and applies to
+    maps of any spatial size, each scale at least 1x1. The sizes need not be
+    exact halves of each other: cross-scale contributions are resized
+    bilinearly to the receiving scale's size. The FrEIA graph is declared with
+    1x1 placeholder spatial dims, which FrEIA only uses to pass channel counts
+    to the blocks.
+
+    Parameters
+    ----------
+    n_channels : int or sequence of int
+        Channels ``C`` of the feature maps (same for all scales, or one entry
+        per scale); each >= 2.
+    n_scales : int
+        Number of scales, finest first (paper: 3).
+    n_coupling_blocks : int
+        Number of coupling blocks (paper: 4).
+    hidden_channels : int
+        Hidden channels of the subnets (paper: 1024).
+    clamp : float
+        Soft clamping bound of the log-scales (paper: 3).
+    kernel_sizes : sequence of int, optional
+        Kernel size of each block; default ``(3,) * (n_coupling_blocks - 1) + (5,)``.
+    seed : int
+        Seeds a private ``torch.Generator`` that draws the permutations and the
+        initial convolution weights: two flows built with the same arguments
+        are identical, whatever the state of the global generators.
+
+    Attributes
+    ----------
+    graph : FrEIA.framework.GraphINN
+        The invertible network.
+    kernel_sizes : tuple of int
+        Kernel size of each block.
+    """
+
+    def __init__(
+        self,
+        n_channels: int | Sequence[int],
+        n_scales: int = 3,
+        n_coupling_blocks: int = 4,
+        hidden_channels: int = 1024,
+        clamp: float = 3.0,
+        kernel_sizes: Sequence[int] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if n_scales < 1:
+            raise ValueError(f"n_scales must be >= 1, got {n_scales}.")
+        if n_coupling_blocks < 1:
+            raise ValueError(f"n_coupling_blocks must be >= 1, got {n_coupling_blocks}.")
+        if hidden_channels < 1:
+            raise ValueError(f"hidden_channels must be >= 1, got {hidden_channels}.")
+        if isinstance(n_channels, int):
+            n_channels = [n_channels] * n_scales
+        self.n_channels = tuple(int(c) for c in n_channels)
+        if len(self.n_channels) != n_scales:
+            raise ValueError(f"n_channels has {len(self.n_channels)} entries for {n_scales} scales.")
+        if kernel_sizes is None:
+            kernel_sizes = (3,) * (n_coupling_blocks - 1) + (5,)
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        if len(self.kernel_sizes) != n_coupling_blocks:
+            raise ValueError(
+                f"kernel_sizes has {len(self.kernel_sizes)} entries for {n_coupling_blocks} blocks."
+            )
+        self.n_scales = n_scales
+        self.n_coupling_blocks = n_coupling_blocks
+        self.hidden_channels = hidden_channels
+        self.clamp = float(clamp)
+        self.seed = seed
+        generator = torch.Generator().manual_seed(seed)
+        self.graph = self._build_graph(generator)
+
+    def _build_graph(self, generator: torch.Generator) -> Ff.GraphINN:
+        inputs = [
+            Ff.InputNode(channels, 1, 1, name=f"features_scale{i}")
+            for i, channels in enumerate(self.n_channels)
+        ]
+        nodes = list(inputs)
+        current = [(node, 0) for node in inputs]
+        for block, kernel_size in enumerate(self.kernel_sizes):
+            permutations = [
+                Ff.Node(
+                    current[i], ChannelPermutation, {"generator": generator}, name=f"permute{block}_scale{i}"
+                )
+                for i in range(self.n_scales)
+            ]
+            coupling = Ff.Node(
+                [(node, 0) for node in permutations],
+                CrossScaleCoupling,
+                {
+                    "hidden_channels": self.hidden_channels,
+                    "kernel_size": kernel_size,
+                    "clamp": self.clamp,
+                    "generator": generator,
+                },
+                name=f"coupling{block}",
+            )
+            nodes += [*permutations, coupling]
+            current = [(coupling, i) for i in range(self.n_scales)]
+        nodes += [Ff.OutputNode(current[i], name=f"latent_scale{i}") for i in range(self.n_scales)]
+        graph = Ff.GraphINN(nodes, force_tuple_output=True)
+        # GraphINN sorts nodes through sets of id-hashed nodes, so its order (and
+        # with it which module each state_dict key names) changes from build to
+        # build. The build order is a valid topological order: use it instead, so
+        # state_dicts load into the right modules.
+        graph.node_list = nodes
+        graph.module_list = nn.ModuleList(node.module for node in nodes if node.module is not None)
+        return graph
+
+    @property
+    def coupling_blocks(self) -> list[CrossScaleCoupling]:
+        """The coupling blocks, first to last."""
+        return [self.graph.get_module_by_name(f"coupling{b}") for b in range(self.n_coupling_blocks)]
+
+    @property
+    def permutations(self) -> list[list[ChannelPermutation]]:
+        """``permutations[block][scale]``: the permutation applied before each block."""
+        return [
+            [self.graph.get_module_by_name(f"permute{b}_scale{s}") for s in range(self.n_scales)]
+            for b in range(self.n_coupling_blocks)
+        ]
+
+    def _check_maps(self, maps: Sequence[Tensor], what: str) -> list[Tensor]:
+        maps = list(maps)
+        if len(maps) != self.n_scales:
+            raise ValueError(f"Expected {self.n_scales} {what} maps (one per scale), got {len(maps)}.")
+        for i, m in enumerate(maps):
+            if m.ndim != 4:
+                raise ValueError(f"{what} map {i} must be (n, C, h, w), got shape {tuple(m.shape)}.")
+            if m.shape[1] != self.n_channels[i]:
+                raise ValueError(
+                    f"{what} map {i} has {m.shape[1]} channels, expected {self.n_channels[i]}."
+                )
+            if m.shape[0] != maps[0].shape[0]:
+                raise ValueError(f"{what} maps have different batch sizes: {[t.shape[0] for t in maps]}.")
+            if m.shape[2] < 1 or m.shape[3] < 1:
+                raise ValueError(f"{what} map {i} has an empty spatial size {tuple(m.shape[2:])}.")
+        return maps
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """Map feature maps to latents.
+
+        Parameters
+        ----------
+        features : sequence of Tensor
+            ``n_scales`` maps ``(n, C, h_i, w_i)``, finest first, any ``h_i, w_i >= 1``.
+
+        Returns
+        -------
+        latents : list of Tensor
+            Same shapes as ``features``.
+        log_jac_det : Tensor, shape (n,)
+            ``log |det d latents / d features|`` per sample.
+        """
+        features = self._check_maps(features, "feature")
+        latents, log_jac_det = self.graph(features, jac=True)
+        return list(latents), log_jac_det
+
+    def inverse(self, latents: Sequence[Tensor]) -> list[Tensor]:
+        """Map latents back to feature maps: the inverse of :meth:`forward`.
+
+        Parameters
+        ----------
+        latents : sequence of Tensor
+            ``n_scales`` maps ``(n, C, h_i, w_i)``, finest first.
+
+        Returns
+        -------
+        list of Tensor
+            The feature maps, same shapes as ``latents``.
+        """
+        latents = self._check_maps(latents, "latent")
+        features, _ = self.graph(latents, rev=True, jac=False)
+        return list(features)
+
+
+def _n_latent_entries(latents: Sequence[Tensor]) -> int:
+    return sum(z[0].numel() for z in latents)
+
+
+def _squared_norms(latents: Sequence[Tensor]) -> Tensor:
+    return sum(z.pow(2).flatten(1).sum(dim=1) for z in latents)
+
+
+def csflow_nll(latents: Sequence[Tensor], log_jac_det: Tensor) -> Tensor:
+    """Negative log-likelihood per latent dimension, per sample (up to a constant).
+
+    Parameters
+    ----------
+    latents : sequence of Tensor
+        Latent maps ``(n, C_i, h_i, w_i)`` of all scales.
+    log_jac_det : Tensor, shape (n,)
+        Log-determinant of each sample's forward map.
+
+    Returns
+    -------
+    Tensor, shape (n,)
+        ``(0.5 * sum(z ** 2) - log_jac_det) / D`` with ``D = sum_i C_i * h_i * w_i``.
+        The standard normal's ``D / 2 * log(2 pi)`` is left out; average over
+        the batch for the training loss.
+    """
+    return (0.5 * _squared_norms(latents) - log_jac_det) / _n_latent_entries(latents)
+
+
+def csflow_anomaly_score(latents: Sequence[Tensor]) -> Tensor:
+    """Image anomaly score: the mean of ``z ** 2 / 2`` over all latent entries of all scales.
+
+    Parameters
+    ----------
+    latents : sequence of Tensor
+        Latent maps ``(n, C_i, h_i, w_i)`` of all scales.
+
+    Returns
+    -------
+    Tensor, shape (n,)
+    """
+    return 0.5 * _squared_norms(latents) / _n_latent_entries(latents)
+
+
+def csflow_anomaly_map(
+    latents: Sequence[Tensor], output_size: int | Sequence[int], mode: str = "all"
+) -> Tensor:
+    """Pixel anomaly map from the latents.
+
+    Parameters
+    ----------
+    latents : sequence of Tensor
+        Latent maps ``(n, C_i, h_i, w_i)``, finest first.
+    output_size : int or (H, W)
+        Size of the map, usually the image size.
+    mode : {"all", "max"}
+        ``"all"``: product over scales of the channel mean of ``z ** 2``, each
+        upsampled bilinearly to ``output_size``. ``"max"``: the channel mean of
+        ``z ** 2`` of the finest scale (scale 0, the largest map) only, upsampled.
+
+    Returns
+    -------
+    Tensor, shape (n, H, W)
+    """
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    output_size = tuple(int(v) for v in output_size)
+    if mode == "all":
+        used = list(latents)
+    elif mode == "max":
+        used = [latents[0]]
+    else:
+        raise ValueError(f"mode must be 'all' or 'max', got {mode!r}.")
+    anomaly_map = None
+    for z in used:
+        scale_map = F.interpolate(
+            z.pow(2).mean(dim=1, keepdim=True), size=output_size, mode="bilinear", align_corners=False
+        )
+        anomaly_map = scale_map if anomaly_map is None else anomaly_map * scale_map
+    return anomaly_map[:, 0]

@@ -1,0 +1,122 @@
+"""The U-shaped normalizing flow of U-Flow (arXiv 2211.12353), built with FrEIA."""
+
+from __future__ import annotations
+
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+import torch
+from torch import nn
+
+from ._blocks import ConvSubnet, SubnetFactory, seeded
+
+
+def upsampled_channels(channels):
+    """Channels of a stage output sent up to the finer scale: about half, a multiple of 4.
+
+    ``IRevNetUpsampling`` turns 4 channels into one at twice the resolution.
+    """
+    return max(4, (channels // 8) * 4)
+
+
+class UFlowNet(nn.Module):
+    """U-shaped flow: coarse-to-fine stages of FrEIA ``AllInOneBlock`` s.
+
+    From the coarsest scale up, a stage of ``flow_steps`` blocks transforms the
+    features; its output is split in two, one part leaving as that scale's
+    latent, the other upsampled invertibly (IRevNet) and concatenated with the
+    next finer scale's features, which enter the next stage. The finest stage's
+    whole output is the finest latent. Subnets are conv-ReLU-conv with kernels
+    alternating 3x3 and 1x1.
+
+    Parameters
+    ----------
+    feature_shapes : list of (C, h, w)
+        Shapes of the input maps, finest first; each coarser scale must be
+        exactly half the size of the previous one.
+    flow_steps : int
+        ``AllInOneBlock`` s per stage.
+    affine_subnet_channels_ratio : float
+        Hidden channels of a subnet over its input channels.
+    block_kwargs : dict
+        Further ``AllInOneBlock`` arguments (``affine_clamping``, ``permute_soft``...).
+    seed : int
+        Seeds the random permutations and the initial weights.
+    """
+
+    def __init__(self, feature_shapes, flow_steps=4, affine_subnet_channels_ratio=1.0, block_kwargs=None, seed=0):
+        super().__init__()
+        self.feature_shapes = [tuple(int(v) for v in s) for s in feature_shapes]
+        check_uflow_shapes(self.feature_shapes)
+        with seeded(seed):
+            self.graph = self._build(flow_steps, affine_subnet_channels_ratio, dict(block_kwargs or {}))
+        self.latent_shapes = [tuple(s) for s in self.graph.global_out_shapes]
+
+    def _build(self, flow_steps, ratio, block_kwargs):
+        shapes = self.feature_shapes
+        inputs = [Ff.InputNode(*shape, name=f"features_{s}") for s, shape in enumerate(shapes)]
+        nodes, outputs = [], {}
+        current = inputs[-1]
+        for scale in reversed(range(len(shapes))):
+            for step in range(flow_steps):
+                factory = SubnetFactory(ConvSubnet, kernel_size=3 if step % 2 == 0 else 1, hidden_ratio=ratio)
+                current = Ff.Node(
+                    current, Fm.AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs),
+                    name=f"flow_{scale}_{step}",
+                )
+                nodes.append(current)
+            if scale == 0:
+                outputs[0] = Ff.OutputNode(current, name="latent_0")
+                break
+            channels = current.output_dims[0][0]
+            up = upsampled_channels(channels)
+            split = Ff.Node(current, Fm.Split, {"section_sizes": [up, channels - up], "dim": 0}, name=f"split_{scale}")
+            outputs[scale] = Ff.OutputNode(split.out1, name=f"latent_{scale}")
+            upsample = Ff.Node(split.out0, Fm.IRevNetUpsampling, {}, name=f"up_{scale}")
+            current = Ff.Node([inputs[scale - 1].out0, upsample.out0], Fm.Concat, {"dim": 0}, name=f"concat_{scale - 1}")
+            nodes.extend([split, upsample, current])
+        return Ff.GraphINN(inputs + nodes + [outputs[s] for s in range(len(shapes))])
+
+    def forward(self, features):
+        """Features, finest first, -> (latents finest first, log|det J| of shape ``(n,)``)."""
+        latents, log_jac_det = self.graph(list(features))
+        return list(latents), log_jac_det
+
+    def inverse(self, latents):
+        """Latents, finest first, -> the features they come from."""
+        features, _ = self.graph(list(latents), rev=True, jac=False)
+        return list(features)
+
+
+def check_uflow_shapes(shapes):
+    """Raise ``ValueError`` unless each coarser map is exactly half the previous one."""
+    if not shapes:
+        raise ValueError("U-Flow needs at least one feature map.")
+    for finer, coarser in zip(shapes, shapes[1:]):
+        if (coarser[1] * 2, coarser[2] * 2) != tuple(finer[1:]):
+            raise ValueError(
+                f"U-Flow needs each feature map to be exactly half the size of the previous "
+                f"one; got spatial sizes {[tuple(s[1:]) for s in shapes]}. Choose an image_size "
+                f"divisible by the backbone's largest stride."
+            )
+    if len(shapes) > 1 and shapes[-1][0] < 5:
+        raise ValueError(f"U-Flow's coarsest feature map needs at least 5 channels; got {shapes[-1][0]}.")
+
+
+def uflow_nll(latents, log_jac_det):
+    """Per-sample loss ``0.5 * sum(z**2) - log|det J|``, shape ``(n,)``."""
+    squared = sum(z.pow(2).flatten(1).sum(1) for z in latents)
+    return 0.5 * squared - log_jac_det
+
+
+def uflow_likelihood_maps(latents):
+    """Per-scale likelihood ``exp(-0.5 * mean_c z**2)``, each ``(n, h_s, w_s)``."""
+    return [torch.exp(-0.5 * z.pow(2).mean(1)) for z in latents]
+
+
+def uflow_anomaly_map(latents, output_size):
+    """``1 - mean over scales of the upsampled likelihood maps``, shape ``(n, H, W)``."""
+    total = None
+    for likelihood in uflow_likelihood_maps(latents):
+        up = nn.functional.interpolate(likelihood[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)
+        total = up if total is None else total + up
+    return 1.0 - total[:, 0] / len(latents)

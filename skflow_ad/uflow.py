@@ -1,0 +1,248 @@
+"""U-Flow (Tailanian, Pardo, Musé; arXiv 2211.12353) as a scikit-learn outlier detector."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from .base import BaseFlowDetector
+from .features import build_uflow_extractor, check_timm_name, default_uflow_image_size
+from .nn._blocks import all_in_one_kwargs
+from .nn.uflow import UFlowNet, uflow_anomaly_map, uflow_nll
+
+
+class UFlowDetector(BaseFlowDetector):
+    """U-shaped normalizing flow on frozen multi-scale features, with NFA segmentation.
+
+    Features of a frozen backbone at several scales enter a U-shaped flow of
+    FrEIA ``AllInOneBlock`` s, trained by maximum likelihood on normal images
+    only. The anomaly map is one minus the mean over scales of the per-pixel
+    likelihood ``exp(-0.5 * mean_c z**2)``; the image anomaly score is the
+    map's maximum. ``predict_mask`` segments anomalies without labels with
+    the paper's a-contrario test (a pixel is anomalous when its number of
+    false alarms is below one).
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="mcait"
+        ``"mcait"`` (the paper's CaiT-M48 at 448 px and CaiT-S24 at 224 px),
+        ``"resnet18"``, ``"wide_resnet50_2"`` (layer1-layer3, each map
+        layer-normalised), any timm model offering ``features_only``, or a
+        module returning a list of feature maps ``(n, C_s, h_s, w_s)`` whose
+        sizes halve from one scale to the next.
+    pretrained : bool or path, default=True
+        ImageNet weights (downloaded by timm), random weights (``False``), or a
+        local state-dict file (for ``"mcait"``, a folder with
+        ``cait_m48_448.pth`` and ``cait_s24_224.pth``).
+    image_size : int or (int, int), default=None
+        Working resolution images are resized to; None means 448 for
+        ``"mcait"`` and 256 otherwise. Must be divisible by the backbone's
+        coarsest stride (16 for ResNets).
+    flow_steps : int, default=4
+        ``AllInOneBlock`` s per scale.
+    affine_clamp : float, default=2.0
+        Soft clamp of the coupling log-scales.
+    affine_subnet_channels_ratio : float, default=1.0
+        Hidden over input channels of the coupling subnets.
+    permute_soft : bool, default=False
+        Random orthogonal (True) or hard (False) channel permutations.
+    gin_block, global_affine_type, global_affine_init, learned_householder_permutation, reverse_permutation
+        The other ``AllInOneBlock`` options, passed through.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Expected share of anomalies in the training data, setting ``offset_``
+        as in IsolationForest; ``"auto"`` puts it at the lower Tukey fence of
+        the training scores (Q1 - 1.5 IQR).
+    learning_rate : float, default=1e-3
+        Adam's learning rate, decayed linearly to 0.4 of it over ``max_epochs``.
+    weight_decay : float, default=1e-5
+    batch_size : int, default=32
+        Training and prediction batch size.
+    max_epochs : int, default=100
+    validation_fraction : float, default=0.1
+        Share of the training images held out to monitor the negative
+        log-likelihood for early stopping (the best epoch's weights are kept);
+        0 monitors the training loss instead.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of at least ``tol`` before stopping.
+    tol : float, default=1e-4
+        In NLL per latent dimension.
+    mask_method : {"nfa", "threshold"}, default="nfa"
+        Default method of ``predict_mask``.
+    nfa_window_size : int, default=7
+        Window of the binomial test at the finest scale (halved per scale).
+    nfa_probability_threshold : float, default=0.5
+        Latent values count as candidates above the chi-square(1) quantile
+        of this probability.
+    nfa_log_epsilon : float, default=0.0
+        A pixel is anomalous when log10 NFA < this (0: fewer than one false alarm).
+    pixel_quantile : float, default=0.999
+        The learned ``pixel_threshold_`` is this quantile of the training maps.
+    device : str, default="auto"
+        ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
+    random_state : int, RandomState or None, default=None
+        Seeds initialisation, permutations, the validation split and shuffling;
+        fits are reproducible on the CPU.
+    verbose : bool, default=False
+        Show a progress bar over epochs.
+
+    Attributes
+    ----------
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    pixel_threshold_ : float
+        Anomaly-map threshold of ``predict_mask(method="threshold")``.
+    device_ : str
+        The device the model runs on.
+    loss_curve_, validation_loss_curve_ : list of float
+        Training and held-out NLL per latent dimension, per epoch.
+    best_loss_ : float
+        Best monitored loss.
+    n_iter_ : int
+        Epochs run.
+    image_size_ : (int, int)
+        Working resolution.
+    n_channels_ : int
+        Channels of the training images.
+    feature_shapes_ : list of (C, h, w)
+        Feature maps entering the flow, finest first.
+    n_features_in_ : int
+        Number of features, for feature-vector input only.
+
+    Examples
+    --------
+    >>> from skflow_ad import UFlowDetector
+    >>> det = UFlowDetector(backbone="resnet18", pretrained=False, image_size=64,
+    ...                     max_epochs=2).fit(X_normal)  # doctest: +SKIP
+    >>> det.score_samples(X_test)  # higher = more normal  # doctest: +SKIP
+    """
+
+    _parameter_constraints: dict = {
+        **BaseFlowDetector._parameter_constraints,
+        "backbone": [str, torch.nn.Module],
+        "flow_steps": [Interval(numbers.Integral, 1, None, closed="left")],
+        "affine_clamp": [Interval(numbers.Real, 0, None, closed="neither")],
+        "affine_subnet_channels_ratio": [Interval(numbers.Real, 0, None, closed="neither")],
+        "permute_soft": ["boolean"],
+        "gin_block": ["boolean"],
+        "global_affine_type": [StrOptions({"SOFTPLUS", "SIGMOID", "EXP"})],
+        "global_affine_init": [Interval(numbers.Real, 0, None, closed="neither")],
+        "learned_householder_permutation": [Interval(numbers.Integral, 0, None, closed="left")],
+        "reverse_permutation": ["boolean"],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        backbone="mcait",
+        *,
+        pretrained=True,
+        image_size=None,
+        flow_steps=4,
+        affine_clamp=2.0,
+        affine_subnet_channels_ratio=1.0,
+        permute_soft=False,
+        gin_block=False,
+        global_affine_type="SOFTPLUS",
+        global_affine_init=1.0,
+        learned_householder_permutation=0,
+        reverse_permutation=False,
+        contamination="auto",
+        learning_rate=1e-3,
+        weight_decay=1e-5,
+        batch_size=32,
+        max_epochs=100,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        mask_method="nfa",
+        nfa_window_size=7,
+        nfa_probability_threshold=0.5,
+        nfa_log_epsilon=0.0,
+        pixel_quantile=0.999,
+        device="auto",
+        random_state=None,
+        verbose=False,
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.flow_steps = flow_steps
+        self.affine_clamp = affine_clamp
+        self.affine_subnet_channels_ratio = affine_subnet_channels_ratio
+        self.permute_soft = permute_soft
+        self.gin_block = gin_block
+        self.global_affine_type = global_affine_type
+        self.global_affine_init = global_affine_init
+        self.learned_householder_permutation = learned_householder_permutation
+        self.reverse_permutation = reverse_permutation
+        self.contamination = contamination
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.mask_method = mask_method
+        self.nfa_window_size = nfa_window_size
+        self.nfa_probability_threshold = nfa_probability_threshold
+        self.nfa_log_epsilon = nfa_log_epsilon
+        self.pixel_quantile = pixel_quantile
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # Hooks of BaseFlowDetector ------------------------------------------
+    def _make_extractor(self, params, pretrained):
+        backbone = params["backbone"]
+        if isinstance(backbone, torch.nn.Module):
+            backbone = copy.deepcopy(backbone)
+        else:
+            check_timm_name(backbone)
+        return build_uflow_extractor(backbone, pretrained)
+
+    def _working_size(self, params):
+        size = params["image_size"]
+        return default_uflow_image_size(params["backbone"]) if size is None else size
+
+    @staticmethod
+    def _block_kwargs(params):
+        return all_in_one_kwargs(
+            params["affine_clamp"], params["permute_soft"], params["gin_block"],
+            params["global_affine_type"], params["global_affine_init"],
+            params["learned_householder_permutation"], params["reverse_permutation"],
+        )
+
+    def _make_flow(self, params, feature_shapes, seed):
+        return UFlowNet(
+            feature_shapes, flow_steps=params["flow_steps"],
+            affine_subnet_channels_ratio=params["affine_subnet_channels_ratio"],
+            block_kwargs=self._block_kwargs(params), seed=seed,
+        )
+
+    def _vector_flow_kwargs(self, params):
+        return dict(
+            flow_steps=params["flow_steps"], hidden_ratio=params["affine_subnet_channels_ratio"],
+            block_kwargs=self._block_kwargs(params),
+        )
+
+    def _nll(self, latents, log_jac_det):
+        return uflow_nll(latents, log_jac_det)
+
+    def _make_optimizer(self, params):
+        lr, weight_decay = params["learning_rate"], params["weight_decay"]
+        return lambda parameters: torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+    def _make_scheduler(self, params):
+        return lambda optimizer, max_epochs: torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0, end_factor=0.4, total_iters=max_epochs
+        )
+
+    def _image_anomaly_scores(self, latents, working_size):
+        return uflow_anomaly_map(latents, working_size).flatten(1).amax(1)
+
+    def _anomaly_maps(self, latents, output_size):
+        return uflow_anomaly_map(latents, output_size)
