@@ -38,7 +38,7 @@ def input_kind(X):
             ndim = np.asarray(X).ndim
         except ValueError:  # ragged nested lists
             ndim = None
-    return IMAGES if ndim in (3, 4) else VECTORS
+    return IMAGES if ndim is not None and ndim >= 3 else VECTORS
 
 
 def _scale_of(dtype, name):
@@ -150,6 +150,11 @@ def check_images(X, name="X"):
         return ImageSet(images, scale, channels.pop(), uniform=False)
 
     array = np.asarray(X)
+    if array.ndim not in (3, 4):
+        raise ValueError(
+            f"{name} has {array.ndim} dimensions (shape {array.shape}); images must be (n, H, W), "
+            f"(n, H, W, C) or (n, C, H, W)."
+        )
     if array.dtype == object:
         raise TypeError(f"{name} has dtype object; pass a numeric array or a list of arrays.")
     if array.shape[0] == 0:

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._validation import IMAGES, VECTORS, check_images, input_kind
+from .nn._blocks import seeded
 from .nn.vector import VectorFlow, gaussian_log_likelihood
 from .trainer import FlowTrainer, iter_batches, map_batches, resolve_device, seed_from_random_state
 
@@ -155,7 +156,8 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             flow = VectorFlow(X.shape[1], seed=seed, **self._vector_flow_kwargs(params))
             standardize = (mean, scale)
         else:
-            extractor = self._make_extractor(params, params["pretrained"]).to(device)
+            with seeded(seed):  # random backbone weights (pretrained=False) are reproducible too
+                extractor = self._make_extractor(params, params["pretrained"]).to(device)
             features = self._extract(extractor, images, working_size, device, params)
             shapes = [tuple(f.shape[1:]) for f in features]
             flow = self._make_flow(params, shapes, seed)

@@ -32,6 +32,7 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval
 
 __all__ = [
+    "DEFECT_AREA_RANGE",
     "DEFECT_TYPES",
     "IMAGE_EXTENSIONS",
     "SURFACE_TEXTURES",
@@ -57,6 +58,7 @@ _VISIBLE_CHANGE = 8.0 / 255.0
 _SENSOR_NOISE = 2.0 / 255.0
 _MIN_SYNTHETIC_SIZE = 32
 _MAX_DEFECT_ATTEMPTS = 200
+_PIXELS_PER_BATCH = 2**21
 
 # Material colours multiply the gray rendering in colour mode.
 _MATERIAL_TINTS = {
@@ -157,7 +159,7 @@ class _Canvas:
 
 
 def _frequencies(shape):
-    """Squared frequency and its axes for ``rfft2`` of images of ``shape``."""
+    """Row and column frequencies (cycles per pixel) of ``rfft2`` on ``shape``, and their squared norm."""
     freq_rows = np.fft.fftfreq(shape[0])[:, None]
     freq_cols = np.fft.rfftfreq(shape[1])[None, :]
     return freq_rows, freq_cols, freq_rows**2 + freq_cols**2
@@ -212,7 +214,8 @@ def _render_textures(texture, n_images, canvas, rng):
     period = 5.0 * scale
     angle = rng.normal(0.0, np.deg2rad(1.5), size=(n_images, 1, 1))
     phases = rng.uniform(0.0, 2.0 * np.pi, size=(n_images, 2, 1, 1))
-    wander = 0.6 * _filtered_noise((n_images, 2, *canvas.shape), _gaussian_response(squared, 0.08 * length), rng)
+    wander_response = _gaussian_response(squared, 0.08 * length)
+    wander = 0.6 * _filtered_noise((n_images, 2, *canvas.shape), wander_response, rng)
     along = canvas.cols * np.cos(angle) + canvas.rows * np.sin(angle)
     across = -canvas.cols * np.sin(angle) + canvas.rows * np.cos(angle)
     warp_phase = 2.0 * np.pi * along / period + phases[:, 0] + wander[:, 0]
@@ -223,7 +226,8 @@ def _render_textures(texture, n_images, canvas, rng):
     warp_threads = np.cos(weft_phase) ** 2
     weft_threads = np.cos(warp_phase) ** 2
     pattern = np.where(warp_on_top, warp_threads, weft_threads)
-    pattern = (pattern - pattern.mean(axis=(1, 2), keepdims=True)) / (pattern.std(axis=(1, 2), keepdims=True) + 1e-12)
+    pattern -= pattern.mean(axis=(1, 2), keepdims=True)
+    pattern /= pattern.std(axis=(1, 2), keepdims=True) + 1e-12
     fibres = _unit_power(_gaussian_response(squared, 0.5 * scale)) + 0.5 * blotches
     texture_field = pattern + 0.45 * _filtered_noise(shape, fibres, rng)
     return texture_field / texture_field.std(axis=(1, 2), keepdims=True)
@@ -240,6 +244,29 @@ def _illumination(n_images, canvas, rng):
     plane = slope * (cols * np.cos(direction) + rows * np.sin(direction))
     falloff = vignetting * ((rows - center[:, 0]) ** 2 + (cols - center[:, 1]) ** 2)
     return 1.0 + plane - falloff
+
+
+def _render_surfaces(texture, n_images, canvas, color, rng):
+    """Defect-free surfaces: the ingredients that :func:`_expose` turns into images.
+
+    Returns reflectance and illumination ``(n_images, H, W)``, colour tints
+    ``(n_images, H, W, 3)`` (a list of None when gray) and sensor noise shaped
+    like the images.
+    """
+    textures = _render_textures(texture, n_images, canvas, rng)
+    # Part-to-part variation in overall brightness and texture contrast.
+    brightness = rng.uniform(0.46, 0.54, size=(n_images, 1, 1))
+    contrast = _TEXTURE_CONTRAST[texture] * rng.uniform(0.85, 1.15, size=(n_images, 1, 1))
+    reflectance = brightness + contrast * textures
+    illumination = _illumination(n_images, canvas, rng)
+    if color:
+        tint = np.asarray(_MATERIAL_TINTS[texture]) * (1.0 + rng.normal(0.0, 0.015, size=(n_images, 3)))
+        tints = np.broadcast_to(tint[:, None, None, :], (n_images, *canvas.shape, 3))
+        sensor_noise = rng.normal(0.0, _SENSOR_NOISE, size=(n_images, *canvas.shape, 3))
+    else:
+        tints = [None] * n_images
+        sensor_noise = rng.normal(0.0, _SENSOR_NOISE, size=(n_images, *canvas.shape))
+    return reflectance, illumination, tints, sensor_noise
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +327,7 @@ def _paint_scratch(canvas, reflectance, tint, rng):
     # Scratches fade out at their ends, where the tool lifted off.
     fading = 0.35 + 0.65 * np.sin(np.pi * middle) ** 0.5
     coverage = _polyline_coverage(canvas, points, np.full(len(middle), width), fading)
-    amplitude = _bright_or_dark(rng, p_bright=0.65) * rng.uniform(0.12, 0.22)
+    amplitude = _bright_or_dark(rng, p_bright=0.65) * rng.uniform(0.14, 0.24)
     return reflectance + amplitude * coverage, tint, None
 
 
@@ -321,7 +348,8 @@ def _paint_crack(canvas, reflectance, tint, rng):
     """A dark, jagged, tapering random-walk polyline, sometimes with a side branch."""
     step = 1.5 * canvas.scale
     n_steps = max(int(rng.uniform(0.3, 0.55) * canvas.length / step), 4)
-    path = _crack_path(canvas.random_point(rng, margin=0.2), rng.uniform(0.0, 2.0 * np.pi), n_steps, step, rng)
+    start, heading = canvas.random_point(rng, margin=0.2), rng.uniform(0.0, 2.0 * np.pi)
+    path = _crack_path(start, heading, n_steps, step, rng)
     max_width = max(rng.uniform(1.0, 1.8) * canvas.scale, 1.0)
     widths = _tapered_widths(n_steps, max_width)
     coverage = _polyline_coverage(canvas, path, widths, np.ones(n_steps))
@@ -434,13 +462,15 @@ def _to_uint8(image):
     return np.rint(image * 255.0).astype(np.uint8)
 
 
-def _plant_defects(canvas, reflectance, illumination, tint, sensor_noise, defect_types, max_defects, rng):
+def _plant_defects(
+    canvas, clean, reflectance, illumination, tint, sensor_noise, defect_types, max_defects, rng
+):
     """Draw defects on one surface until their mask covers the documented area range.
 
-    Returns the defective image (float, same layout as the clean one), its mask
-    ``(H, W)`` and the defect-type label.
+    ``clean`` is the defect-free image that :func:`_expose` made of the other
+    ingredients. Returns the defective image (float, laid out like ``clean``),
+    its mask ``(H, W)`` and the defect-type label.
     """
-    clean = _expose(reflectance, illumination, tint, sensor_noise)
     n_pixels = reflectance.size
     for _ in range(_MAX_DEFECT_ATTEMPTS):
         n_defects = rng.randint(1, max_defects + 1)
@@ -474,7 +504,9 @@ def _check_defect_types(defect_types):
     try:
         defect_types = tuple(defect_types)
     except TypeError:
-        raise TypeError(f"defect_types must be a sequence of strings from {DEFECT_TYPES}, got {defect_types!r}.") from None
+        raise TypeError(
+            f"defect_types must be a sequence of strings from {DEFECT_TYPES}, got {defect_types!r}."
+        ) from None
     unknown = [kind for kind in defect_types if kind not in DEFECT_TYPES]
     if unknown:
         raise ValueError(f"unknown defect type(s) {unknown}; choose from {DEFECT_TYPES}.")
@@ -507,41 +539,38 @@ def _generate_surfaces(
 
     n_images = n_normal + n_anomalous
     canvas = _Canvas(height, width)
-    textures = _render_textures(texture, n_images, canvas, rng)
-    # Part-to-part variation in overall brightness and texture contrast.
-    brightness = rng.uniform(0.46, 0.54, size=(n_images, 1, 1))
-    contrast = _TEXTURE_CONTRAST[texture] * rng.uniform(0.85, 1.15, size=(n_images, 1, 1))
-    reflectance = brightness + contrast * textures
-    illumination = _illumination(n_images, canvas, rng)
-    if color:
-        tints = np.asarray(_MATERIAL_TINTS[texture]) * (1.0 + rng.normal(0.0, 0.015, size=(n_images, 3)))
-        tint_maps = np.broadcast_to(tints[:, None, None, :], (n_images, height, width, 3))
-        noise_shape = (n_images, height, width, 3)
-    else:
-        tint_maps = [None] * n_images
-        noise_shape = (n_images, height, width)
-    sensor_noise = rng.normal(0.0, _SENSOR_NOISE, size=noise_shape)
-
-    X_clean = np.empty(noise_shape, dtype=np.uint8)
-    for index in range(n_images):
-        X_clean[index] = _to_uint8(_expose(reflectance[index], illumination[index], tint_maps[index], sensor_noise[index]))
-    X = X_clean.copy()
+    image_shape = (height, width, 3) if color else (height, width)
+    X_clean = np.empty((n_images, *image_shape), dtype=np.uint8)
+    X = np.empty_like(X_clean)
     masks = np.zeros((n_images, height, width), dtype=bool)
     labels = ["good"] * n_images
-    for index in range(n_normal, n_images):
-        defective, masks[index], labels[index] = _plant_defects(
-            canvas,
-            reflectance[index],
-            illumination[index],
-            tint_maps[index],
-            sensor_noise[index],
-            defect_types,
-            max_defects_per_image,
-            rng,
+    # Batches bound the float64 working memory to about 100 MB at any image size.
+    batch_size = max(1, _PIXELS_PER_BATCH // (height * width))
+    for batch_start in range(0, n_images, batch_size):
+        batch_stop = min(batch_start + batch_size, n_images)
+        reflectance, illumination, tints, sensor_noise = _render_surfaces(
+            texture, batch_stop - batch_start, canvas, color, rng
         )
-        X[index] = _to_uint8(defective)
+        for offset, index in enumerate(range(batch_start, batch_stop)):
+            clean = _expose(reflectance[offset], illumination[offset], tints[offset], sensor_noise[offset])
+            X_clean[index] = X[index] = _to_uint8(clean)
+            if index >= n_normal:
+                defective, masks[index], labels[index] = _plant_defects(
+                    canvas,
+                    clean,
+                    reflectance[offset],
+                    illumination[offset],
+                    tints[offset],
+                    sensor_noise[offset],
+                    defect_types,
+                    max_defects_per_image,
+                    rng,
+                )
+                X[index] = _to_uint8(defective)
     y = np.where(np.arange(n_images) < n_normal, 1, -1)
-    return Bunch(X=X, X_clean=X_clean, y=y, masks=masks, defect_types=np.asarray(labels, dtype=object), rng=rng)
+    return Bunch(
+        X=X, X_clean=X_clean, y=y, masks=masks, defect_types=np.asarray(labels, dtype=object), rng=rng
+    )
 
 
 def make_surface_defects(
@@ -619,8 +648,8 @@ def make_surface_defects(
     masks : ndarray of shape (n, H, W), dtype bool
         ``True`` where a defect changed the pixel by at least 8 gray levels or
         lies inside a contamination's outline; all ``False`` for normal images.
-        Pixels outside the mask differ from the defect-free rendering by less
-        than 8 gray levels.
+        Pixels outside the mask differ from the defect-free rendering by at
+        most 8 gray levels.
 
     See Also
     --------
@@ -706,6 +735,7 @@ def make_surface_train_test(
     """
     n_train = _check_count(n_train, "n_train")
     n_test_normal = _check_count(n_test_normal, "n_test_normal")
+    n_test_anomalous = _check_count(n_test_anomalous, "n_test_anomalous")
     data = _generate_surfaces(
         n_train + n_test_normal,
         n_test_anomalous,
@@ -718,7 +748,8 @@ def make_surface_train_test(
     )
     test_order = n_train + data.rng.permutation(len(data.y) - n_train)
     description = (
-        f"Synthetic {texture!r} surfaces ({'RGB' if color else 'gray'}, {data.X.shape[1]} x {data.X.shape[2]} px): "
+        f"Synthetic {texture!r} surfaces ({'RGB' if color else 'gray'}, "
+        f"{data.X.shape[1]} x {data.X.shape[2]} px): "
         f"{n_train} normal training images; {len(test_order)} shuffled test images, "
         f"{n_test_anomalous} of them with planted defects ({', '.join(_check_defect_types(defect_types))}) "
         f"covering {DEFECT_AREA_RANGE[0]:.1%}-{DEFECT_AREA_RANGE[1]:.0%} of the image."
@@ -760,12 +791,16 @@ def _open_image(path):
     """Open and decode an image file, with errors that name the file."""
     try:
         image = Image.open(path)
-        image.load()
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist.") from None
     except IsADirectoryError:
         raise ValueError(f"{path} is a folder, not an image file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image file {path}: {error}") from error
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
         raise ValueError(f"cannot read image file {path}: {error}") from error
     return image
 
@@ -815,7 +850,9 @@ def _check_paths(paths):
         raise TypeError(f"expected a list of image paths, got {type(paths).__name__}.") from None
     for index, path in enumerate(paths):
         if not isinstance(path, (str, PathLike)):
-            raise TypeError(f"image paths must be str or os.PathLike; item {index} is {path!r} ({type(path).__name__}).")
+            raise TypeError(
+                f"image paths must be str or os.PathLike; item {index} is {path!r} ({type(path).__name__})."
+            )
     if not paths:
         raise ValueError("the list of image paths is empty.")
     return [Path(path) for path in paths]
@@ -860,8 +897,9 @@ def load_images(paths, *, image_size=None, color=False):
         images. An int resizes to squares, a pair to ``(height, width)``, with
         bilinear interpolation (anti-aliased when shrinking).
     color : bool, default=False
-        False converts to 8-bit gray (16-bit gray is divided by 257); True
-        converts to 8-bit RGB.
+        False converts to 8-bit gray, True to 8-bit RGB (alpha channels are
+        dropped). 16-bit gray images are divided by 257; 32-bit float images
+        are read as values in 0-255.
 
     Returns
     -------
@@ -908,11 +946,16 @@ class ImageFileLoader(TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> from sklearn.pipeline import make_pipeline
     >>> from skflow_ad.datasets import ImageFileLoader
-    >>> loader = ImageFileLoader(image_size=(48, 64), color=True)
-    >>> loader.fit()  # doctest: +ELLIPSIS
+    >>> ImageFileLoader(image_size=(48, 64), color=True).fit()
     ImageFileLoader(color=True, image_size=(48, 64))
+
+    Starting a pipeline from file paths, with ``detector`` any estimator that
+    takes image arrays:
+
+    >>> from sklearn.pipeline import Pipeline
+    >>> pipeline = Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])  # doctest: +SKIP
+    >>> pipeline.fit(train_paths).predict(test_paths)  # doctest: +SKIP
     """
 
     _parameter_constraints = {
@@ -1096,16 +1139,24 @@ def load_mvtec_folder(root, *, image_size=None, color=False, require_masks=True)
         test_paths += images
         defect_types += [folder.name] * len(images)
     if not test_paths:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the subfolders of {test_folder}.")
+        raise ValueError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the subfolders of {test_folder}."
+        )
 
     ground_truth = root / "ground_truth"
     mask_paths = [
         None if defect_type == "good" else _find_mask(ground_truth, defect_type, path)
         for path, defect_type in zip(test_paths, defect_types)
     ]
-    missing = [path for path, defect_type, mask in zip(test_paths, defect_types, mask_paths) if defect_type != "good" and mask is None]
+    missing = [
+        path
+        for path, defect_type, mask in zip(test_paths, defect_types, mask_paths)
+        if defect_type != "good" and mask is None
+    ]
     if missing:
-        listed = ", ".join(str(path) for path in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        listed = ", ".join(str(path) for path in missing[:3])
+        if len(missing) > 3:
+            listed += f" and {len(missing) - 3} more"
         message = (
             f"{len(missing)} anomalous test image(s) have no mask file in {ground_truth}/<defect type>/ "
             f"(looked for <name>_mask.png): {listed}."

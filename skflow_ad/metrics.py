@@ -115,9 +115,9 @@ def pro_curve(masks_true, anomaly_maps, *, n_thresholds=None):
         Pixel anomaly scores, **higher = more anomalous**.
     n_thresholds : int or None, default=None
         None evaluates the curve exactly, at every distinct score. An int
-        ``>= 2`` uses that many evenly spaced thresholds from the smallest
-        to the largest score, which is faster for large float maps and
-        slightly underestimates areas.
+        ``>= 2`` evaluates it at that many evenly spaced thresholds from the
+        smallest to the largest score (as some benchmarks do); the area is
+        then an approximation.
 
     Returns
     -------
@@ -125,18 +125,17 @@ def pro_curve(masks_true, anomaly_maps, *, n_thresholds=None):
         Non-decreasing false positive rates, from 0 to 1.
     pro : numpy.ndarray of shape (n_points,)
         Matching per-region overlaps, from 0 to 1. The first point is
-        ``(0, 0)`` (threshold above every score).
+        ``(0, 0)`` (threshold above every score). In exact mode, points in
+        the middle of horizontal segments (thresholds between two anomalous
+        pixel scores) are omitted: they do not change the curve.
     """
     masks, maps = _paired_masks_and_maps(masks_true, anomaly_maps)
     n_thresholds = _checked_n_thresholds(n_thresholds)
     region_weights, is_anomalous, scores = _region_weights(masks, maps)
-    false_positives, overlap, _ = _cumulative_counts(
-        scores, is_anomalous, region_weights, n_thresholds
-    )
-    fpr = np.concatenate([[0.0], false_positives / false_positives[-1]])
-    pro = np.concatenate([[0.0], overlap])
-    # Cumulative float sums can end a hair away from 1.
-    np.clip(pro, 0.0, 1.0, out=pro)
+    if n_thresholds is None:
+        fpr, pro = _exact_curve(scores, is_anomalous, region_weights)
+    else:
+        fpr, pro = _binned_curve(scores, is_anomalous, region_weights, n_thresholds)
     return fpr, pro
 
 
@@ -231,74 +230,120 @@ def pixel_best_f1(masks_true, anomaly_maps):
 # Curves
 
 
-def _cumulative_counts(scores, is_positive, positive_weights=None, n_thresholds=None):
-    """Counts of samples scoring at or above each threshold.
+def _exact_counts(scores, is_positive, positive_weights=None):
+    """Class counts at the distinct scores of the positive samples.
+
+    Between two consecutive distinct positive scores only negatives are
+    added, so the ROC / PRO curve is a horizontal segment there: its
+    vertices are, for each distinct positive score ``u``, the counts
+    strictly above ``u`` and at or above ``u``. Sorting the negatives (a
+    plain sort) and searching them at the positive scores is an order of
+    magnitude faster than an argsort of all samples when the positives are
+    few, as anomalous pixels usually are.
 
     Parameters
     ----------
     scores : numpy.ndarray of shape (m,)
         Finite scores.
     is_positive : numpy.ndarray of shape (m,)
-        Boolean class of each sample.
-    positive_weights : numpy.ndarray of shape (m,), optional
-        Weight of each positive sample in ``positive_counts`` (1 if None).
-    n_thresholds : int or None
-        None: the thresholds are the distinct scores. Otherwise that many
-        evenly spaced thresholds from the smallest to the largest score.
+        Boolean class of each sample; both classes present.
+    positive_weights : numpy.ndarray of shape (n_positives,), optional
+        Weight of each positive sample, in the order of ``scores[is_positive]``
+        (1 if None).
 
     Returns
     -------
-    negative_counts : numpy.ndarray of shape (n_points,)
-        Number of negative samples with ``score >= threshold``.
-    positive_counts : numpy.ndarray of shape (n_points,)
-        Summed weight of the positive samples with ``score >= threshold``.
-    thresholds : numpy.ndarray of shape (n_points,)
-        Decreasing thresholds.
+    thresholds : numpy.ndarray of shape (k,)
+        Decreasing distinct scores of the positive samples.
+    negatives_above : numpy.ndarray of shape (k,)
+        Number of negatives with ``score > threshold``.
+    negatives_at_or_above : numpy.ndarray of shape (k,)
+        Number of negatives with ``score >= threshold``.
+    positives_at_or_above : numpy.ndarray of shape (k,)
+        Summed weight of the positives with ``score >= threshold``.
     """
-    # A plain sort of all scores plus a search of the (usually few) positives
-    # is an order of magnitude faster than an argsort of all pixels.
-    sorted_scores = np.sort(scores)
-    if n_thresholds is None:
-        is_run_start = np.empty(sorted_scores.size, dtype=bool)
-        is_run_start[0] = True
-        np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=is_run_start[1:])
-        run_starts = np.flatnonzero(is_run_start)
-        thresholds = sorted_scores[run_starts]
-        counts = scores.size - run_starts
-    else:
-        thresholds = np.linspace(sorted_scores[0], sorted_scores[-1], n_thresholds)
-        counts = scores.size - np.searchsorted(sorted_scores, thresholds, side="left")
-
-    # Index of the largest threshold each positive score reaches.
-    reached = np.searchsorted(thresholds, scores[is_positive], side="right") - 1
-    n_points = thresholds.size
-    positive_counts = _reverse_cumsum(np.bincount(reached, minlength=n_points))
-    negative_counts = counts - positive_counts
-    if positive_weights is not None:
-        positive_counts = _reverse_cumsum(
-            np.bincount(reached, weights=positive_weights[is_positive], minlength=n_points)
-        )
+    negative_scores = np.sort(scores[~is_positive])
+    positive_scores = scores[is_positive]
+    if positive_weights is None:
+        positive_weights = np.ones(positive_scores.size)
+    order = np.argsort(positive_scores)[::-1]
+    sorted_positive_scores = positive_scores[order]
+    cumulative_weights = np.cumsum(positive_weights[order], dtype=np.float64)
+    # Last position of each run of equal scores: ties enter together.
+    run_ends = np.flatnonzero(sorted_positive_scores[1:] != sorted_positive_scores[:-1])
+    run_ends = np.append(run_ends, sorted_positive_scores.size - 1)
+    thresholds = sorted_positive_scores[run_ends]
+    n_negatives = negative_scores.size
+    negatives_above = n_negatives - np.searchsorted(negative_scores, thresholds, side="right")
+    negatives_at_or_above = n_negatives - np.searchsorted(
+        negative_scores, thresholds, side="left"
+    )
     return (
-        negative_counts[::-1].astype(np.float64),
-        positive_counts[::-1].astype(np.float64),
-        thresholds[::-1],
+        thresholds,
+        negatives_above.astype(np.float64),
+        negatives_at_or_above.astype(np.float64),
+        cumulative_weights[run_ends],
     )
 
 
-def _reverse_cumsum(values):
-    """``result[i] = values[i:].sum()``."""
-    return np.cumsum(values[::-1])[::-1]
+def _exact_curve(scores, is_positive, positive_weights=None):
+    """Vertices ``(negative_rate, positive_rate)`` of the exact curve, from (0, 0) to (1, 1).
+
+    ``positive_rate`` is the weighted fraction of positives at or above the
+    threshold (the TPR for unit weights, the PRO for region weights).
+    """
+    _, negatives_above, negatives_at_or_above, positives_at_or_above = _exact_counts(
+        scores, is_positive, positive_weights
+    )
+    n_negatives = np.count_nonzero(~is_positive)
+    positive_total = positives_at_or_above[-1]
+    positives_before = np.concatenate([[0.0], positives_at_or_above[:-1]])
+    negative_counts = np.concatenate(
+        [[0.0], np.column_stack([negatives_above, negatives_at_or_above]).ravel(), [n_negatives]]
+    )
+    positive_counts = np.concatenate(
+        [
+            [0.0],
+            np.column_stack([positives_before, positives_at_or_above]).ravel(),
+            [positive_total],
+        ]
+    )
+    negative_rate = negative_counts / n_negatives
+    positive_rate = positive_counts / positive_total
+    is_new_point = np.ones(negative_rate.size, dtype=bool)
+    is_new_point[1:] = (np.diff(negative_rate) != 0) | (np.diff(positive_rate) != 0)
+    return negative_rate[is_new_point], positive_rate[is_new_point]
+
+
+def _binned_curve(scores, is_positive, positive_weights, n_thresholds):
+    """Curve vertices at ``n_thresholds`` evenly spaced thresholds, from (0, 0) to (1, 1)."""
+    negative_scores = np.sort(scores[~is_positive])
+    thresholds = np.linspace(scores.min(), scores.max(), n_thresholds)
+    negatives_at_or_above = negative_scores.size - np.searchsorted(
+        negative_scores, thresholds, side="left"
+    )
+    # Index of the largest threshold each positive score reaches.
+    reached = np.searchsorted(thresholds, scores[is_positive], side="right") - 1
+    positives_per_threshold = np.bincount(
+        reached, weights=positive_weights, minlength=n_thresholds
+    )
+    positives_at_or_above = np.cumsum(positives_per_threshold[::-1])
+    negative_rate = np.concatenate(
+        [[0.0], negatives_at_or_above[::-1] / negative_scores.size]
+    )
+    positive_rate = np.concatenate([[0.0], positives_at_or_above / positives_at_or_above[-1]])
+    return negative_rate, positive_rate
 
 
 def _auroc(is_positive, scores):
-    negative_counts, positive_counts, _ = _cumulative_counts(scores, is_positive)
-    fpr = np.concatenate([[0.0], negative_counts / negative_counts[-1]])
-    tpr = np.concatenate([[0.0], positive_counts / positive_counts[-1]])
+    fpr, tpr = _exact_curve(scores, is_positive)
     return float(_trapezoid(fpr, tpr))
 
 
 def _best_f1(is_positive, scores):
-    false_positives, true_positives, thresholds = _cumulative_counts(scores, is_positive)
+    # For a given number of true positives F1 only drops with more false
+    # positives, so the best threshold is one of the positive scores.
+    thresholds, _, false_positives, true_positives = _exact_counts(scores, is_positive)
     # F1 = 2 TP / (2 TP + FP + FN) with TP + FN = number of positives.
     f1 = 2.0 * true_positives / (true_positives + false_positives + true_positives[-1])
     best = int(np.argmax(f1))
@@ -306,15 +351,15 @@ def _best_f1(is_positive, scores):
 
 
 def _region_weights(masks, maps):
-    """Per-pixel weights turning cumulative sums into the mean region overlap.
+    """Per-pixel weights turning weighted counts into the mean region overlap.
 
     Returns
     -------
-    region_weights : numpy.ndarray of shape (total_pixels,)
-        ``1 / (region size * number of regions)`` for anomalous pixels, 0
-        for normal ones.
+    region_weights : numpy.ndarray of shape (n_anomalous_pixels,)
+        ``1 / (region size * number of regions)`` for each anomalous pixel,
+        in the order of ``scores[is_anomalous]``.
     is_anomalous : numpy.ndarray of shape (total_pixels,)
-        True for anomalous pixels.
+        True for anomalous pixels, all images pooled.
     scores : numpy.ndarray of shape (total_pixels,)
         Pooled scores.
     """
@@ -325,7 +370,7 @@ def _region_weights(masks, maps):
         region_sizes = np.bincount(labels.ravel(), minlength=n_image_regions + 1)
         inverse_size_of_label = np.zeros(n_image_regions + 1)
         inverse_size_of_label[1:] = 1.0 / region_sizes[1:]
-        inverse_sizes.append(inverse_size_of_label[labels].ravel())
+        inverse_sizes.append(inverse_size_of_label[labels[mask]])
         n_regions += n_image_regions
     if n_regions == 0:
         raise ValueError(

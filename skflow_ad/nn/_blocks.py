@@ -31,6 +31,17 @@ def seeded(seed):
             np.random.set_state(numpy_state)
 
 
+def freeze_parameter_order(graph, nodes):
+    """Register the graph's modules in build order.
+
+    FrEIA's ``GraphINN`` orders nodes through sets, so the ``state_dict`` keys
+    of two builds of the same graph can point at different modules; saved
+    weights then load into the wrong blocks. Forward order is untouched.
+    """
+    graph.module_list = nn.ModuleList([n.module for n in nodes if getattr(n, "module", None) is not None])
+    return graph
+
+
 class ConvSubnet(nn.Sequential):
     """conv(k) - ReLU - conv(k): U-Flow's coupling subnet, ``(n, c_in, h, w) -> (n, c_out, h, w)``."""
 

@@ -67,12 +67,18 @@ def _resize(maps: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def _reset_conv_(conv: nn.Conv2d, generator: torch.Generator | None) -> None:
-    """PyTorch's default ``Conv2d`` initialisation, drawn from ``generator``."""
-    nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=generator)
-    if conv.bias is not None:
-        fan_in = conv.weight[0].numel()
-        bound = 1.0 / math.sqrt(fan_in)
-        nn.init.uniform_(conv.bias, -bound, bound, generator=generator)
+    """Re-draw ``conv``'s weights from ``generator`` with PyTorch's default distribution.
+
+    The default ``Conv2d`` initialisation (Kaiming-uniform with ``a = sqrt(5)``
+    for the weight) draws weight and bias from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    """
+    bound = 1.0 / math.sqrt(conv.weight[0].numel())
+    with torch.no_grad():
+        for param in (conv.weight, conv.bias):
+            if param is not None:
+                # drawn on the CPU, where the generator lives, whatever device param is on
+                values = torch.empty(param.shape, dtype=param.dtype, device="cpu")
+                param.copy_(values.uniform_(-bound, bound, generator=generator))
 
 
 class CrossConvolution(nn.Module):
@@ -238,7 +244,7 @@ class ChannelPermutation(InvertibleModule):
         if self.dims_c:
             raise ValueError(f"{type(self).__name__} takes no conditions.")
         n_channels = self.dims_in[0][0]
-        permutation = torch.randperm(n_channels, generator=generator)
+        permutation = torch.randperm(n_channels, generator=generator, device="cpu")
         self.register_buffer("permutation", permutation)
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
@@ -411,9 +417,16 @@ class CrossScaleFlow(nn.Module):
     Attributes
     ----------
     graph : FrEIA.framework.GraphINN
-        The invertible network.
+        The invertible network; inputs ``features_scale{i}``, blocks
+        ``permute{b}_scale{i}`` and ``coupling{b}``, outputs ``latent_scale{i}``.
+    n_channels : tuple of int
+        Channels per scale.
     kernel_sizes : tuple of int
         Kernel size of each block.
+    coupling_blocks : list of CrossScaleCoupling
+        The coupling blocks, first to last.
+    permutations : list of list of ChannelPermutation
+        ``permutations[block][scale]``.
     """
 
     def __init__(

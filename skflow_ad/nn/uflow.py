@@ -7,7 +7,7 @@ import FrEIA.modules as Fm
 import torch
 from torch import nn
 
-from ._blocks import ConvSubnet, SubnetFactory, seeded
+from ._blocks import ConvSubnet, SubnetFactory, freeze_parameter_order, seeded
 
 
 def upsampled_channels(channels):
@@ -74,7 +74,8 @@ class UFlowNet(nn.Module):
             upsample = Ff.Node(split.out0, Fm.IRevNetUpsampling, {}, name=f"up_{scale}")
             current = Ff.Node([inputs[scale - 1].out0, upsample.out0], Fm.Concat, {"dim": 0}, name=f"concat_{scale - 1}")
             nodes.extend([split, upsample, current])
-        return Ff.GraphINN(inputs + nodes + [outputs[s] for s in range(len(shapes))])
+        graph = Ff.GraphINN(inputs + nodes + [outputs[s] for s in range(len(shapes))])
+        return freeze_parameter_order(graph, nodes)
 
     def forward(self, features):
         """Features, finest first, -> (latents finest first, log|det J| of shape ``(n,)``)."""

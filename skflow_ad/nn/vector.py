@@ -8,7 +8,7 @@ import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 from torch import nn
 
-from ._blocks import MLPSubnet, SubnetFactory, seeded
+from ._blocks import MLPSubnet, SubnetFactory, freeze_parameter_order, seeded
 
 
 class VectorFlow(nn.Module):
@@ -26,7 +26,7 @@ class VectorFlow(nn.Module):
                     Ff.Node(nodes[-1], Fm.AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs), name=f"flow_{step}")
                 )
             nodes.append(Ff.OutputNode(nodes[-1], name="latent"))
-            self.graph = Ff.GraphINN(nodes)
+            self.graph = freeze_parameter_order(Ff.GraphINN(nodes), nodes)
 
     def forward(self, features):
         """``[x (n, d)]`` -> ``([z (n, d)], log|det J| (n,))``."""

@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic surfaces and cheap detector settings."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skflow_ad.datasets import make_surface_train_test
+
+KSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ksdd"
+
+#: Cheap settings shared by the image tests: tiny images, random weights, few epochs.
+FAST_UFLOW = dict(backbone="resnet18", pretrained=False, image_size=32, max_epochs=2, batch_size=8, random_state=0)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # CI has 2 cores; more threads than that only adds contention.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def surfaces():
+    """64 px synthetic surfaces: 120 normal training images, 40 + 40 test images."""
+    return make_surface_train_test(
+        n_train=120, n_test_normal=40, n_test_anomalous=40, image_size=64, random_state=0
+    )
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    rng = np.random.RandomState(0)
+    return (rng.rand(12, 32, 32) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fitted_uflow(small_images):
+    from skflow_ad import UFlowDetector
+
+    return UFlowDetector(**FAST_UFLOW).fit(small_images)
