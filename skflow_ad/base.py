@@ -99,6 +99,10 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
     def _vector_flow_kwargs(self, params):
         return {}
 
+    def _calibrate(self, extractor, features):
+        """Fit feature statistics on the training features (none by default)."""
+        return features
+
     def _vector_anomaly_scores(self, latents, log_jac_det):
         """Vector-mode anomaly score: the negative log-likelihood, ``(n,)``."""
         return -gaussian_log_likelihood(latents, log_jac_det)
@@ -146,12 +150,14 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             working_size = self._resolve_working_size(params)
         device = resolve_device(self.device)
         seed = seed_from_random_state(self.random_state)
+        # Feature vectors are cheap: float64 makes scores independent of the batch split.
+        dtype = torch.float64 if kind == VECTORS and torch.device(device).type != "mps" else torch.float32
 
         if kind == VECTORS:
             mean = X.mean(axis=0)
             scale = X.std(axis=0)
             scale[scale < 1e-12] = 1.0
-            features = [torch.as_tensor((X - mean) / scale, dtype=torch.float32)]
+            features = [torch.as_tensor((X - mean) / scale, dtype=dtype)]
             extractor = None
             flow = VectorFlow(X.shape[1], seed=seed, **self._vector_flow_kwargs(params))
             standardize = (mean, scale)
@@ -159,6 +165,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             with seeded(seed):  # random backbone weights (pretrained=False) are reproducible too
                 extractor = self._make_extractor(params, params["pretrained"]).to(device)
             features = self._extract(extractor, images, working_size, device, params)
+            features = self._calibrate(extractor, features)
             shapes = [tuple(f.shape[1:]) for f in features]
             flow = self._make_flow(params, shapes, seed)
             standardize = None
@@ -168,7 +175,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             validation_fraction=self.validation_fraction, n_iter_no_change=self.n_iter_no_change,
             tol=self.tol, clip_grad_norm=self._clip_grad_norm(params), device=device, seed=seed,
-            verbose=bool(self.verbose), report_scale=self._nll_per_dim([tuple(f.shape[1:]) for f in features]),
+            verbose=bool(self.verbose), dtype=dtype, report_scale=self._nll_per_dim([tuple(f.shape[1:]) for f in features]),
         )
         result = trainer.fit(flow, features)
 
@@ -181,6 +188,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         self._seed = seed
         self.input_kind_ = kind
         self.device_ = device
+        self._dtype = dtype
         self.flow_ = flow
         self.extractor_ = extractor
         self._standardize = standardize
@@ -233,7 +241,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         """Scores of the training rows, and a subsample of their anomaly-map values."""
         scores, pixels = [], []
         with torch.inference_mode():
-            for batch in iter_batches(features, self.batch_size, self.device_):
+            for batch in iter_batches(features, self.batch_size, self.device_, dtype=self._dtype):
                 latents, log_jac_det = self.flow_(batch)
                 scores.append(self._scores_from_latents(latents, log_jac_det).cpu())
                 if self.input_kind_ == IMAGES:
@@ -274,7 +282,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         with torch.inference_mode():
             if self.input_kind_ == VECTORS:
                 mean, scale = self._standardize
-                vectors = torch.as_tensor((data - mean) / scale, dtype=torch.float32)
+                vectors = torch.as_tensor((data - mean) / scale, dtype=self._dtype)
                 for start in range(0, len(vectors), self.batch_size):
                     batch = [vectors[start : start + self.batch_size].to(self.device_)]
                     yield start, *self.flow_(batch)
@@ -404,7 +412,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             extractor = self._make_extractor(params, False)
             extractor.load_state_dict(extractor_state)
             self.extractor_ = extractor.to(device).eval()
-        flow.load_state_dict(flow_state)
+        flow.to(self._dtype).load_state_dict(flow_state)
         self.flow_ = flow.to(device).eval()
         self.device_ = device
 

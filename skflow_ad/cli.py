@@ -242,16 +242,17 @@ def _add_fit_parser(commands):
     fit.add_argument("--detector", choices=tuple(DETECTORS), default="uflow",
                      help="the method: U-Flow or CS-Flow (default: uflow)")
     fit.add_argument("--backbone", metavar="NAME",
-                     help="feature extractor: mcait, resnet18, wide_resnet50_2 or a timm model name "
-                     f"(default: the detector's; {defaults['backbone']} for uflow)")
+                     help="feature extractor, for detectors that take one (uflow; csflow has a fixed EfficientNet-B5): "
+                     f"mcait, resnet18, wide_resnet50_2 or a timm model name (default: {defaults['backbone']})")
     fit.add_argument("--image-size", type=_image_size, metavar="N|HxW",
                      help="working resolution images are resized to, N for squares or HEIGHTxWIDTH "
-                     "(default: the detector's; for uflow 448 with mcait, 256 with other backbones)")
+                     "(default: the detector's: for uflow 448 with mcait, 256 with other backbones; 768 for csflow)")
     fit.add_argument("--epochs", type=_positive_int, metavar="N",
-                     help=f"maximum number of training epochs (default: {defaults['max_epochs']}; "
-                     "training may stop earlier, see --param n_iter_no_change)")
+                     help="maximum number of training epochs; training may stop earlier, see "
+                     f"--param n_iter_no_change (default: the detector's, {defaults['max_epochs']} for uflow)")
     fit.add_argument("--batch-size", type=_positive_int, metavar="N",
-                     help=f"training and prediction batch size (default: {defaults['batch_size']})")
+                     help="training and prediction batch size "
+                     f"(default: the detector's, {defaults['batch_size']} for uflow)")
     fit.add_argument("--pretrained", type=_pretrained, metavar="yes|no|PATH",
                      help="backbone weights: yes downloads ImageNet weights, no keeps random weights, "
                      "PATH is a local weights file (a folder for mcait) (default: yes)")
@@ -450,8 +451,13 @@ def _fit_parameters(args, detector_class):
     for option, name in FIT_OPTION_PARAMETERS.items():
         value = getattr(args, option)
         if value is not None:
+            flag = "--" + option.replace("_", "-")
+            if name not in valid:
+                raise UsageError(
+                    f"{flag} does not apply to the {args.detector} detector, which has no {name!r} parameter."
+                )
             params[name] = value
-            from_options[name] = "--" + option.replace("_", "-")
+            from_options[name] = flag
     from_param = set()
     for name, value in args.param:
         if name not in valid:
@@ -554,8 +560,8 @@ class ScoringSet:
 
     paths: list
     base: Path
-    labels: np.ndarray = None
-    mask_paths: list = None
+    labels: np.ndarray | None = None
+    mask_paths: list | None = None
 
 
 def _is_mvtec_root(data):

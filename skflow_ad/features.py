@@ -243,7 +243,8 @@ class EfficientNetStage(nn.Module):
 class ImagePyramidFeatures(nn.Module):
     """One CNN applied to the image at full, half and quarter size (CS-Flow).
 
-    Returns ``n_scales`` maps, finest (full image) first.
+    Returns ``n_scales`` maps, finest (full image) first, each standardised
+    per channel with statistics set by :meth:`calibrate` (identity until then).
     """
 
     def __init__(self, trunk, n_scales=3):
@@ -252,6 +253,31 @@ class ImagePyramidFeatures(nn.Module):
         self.n_scales = n_scales
         self.mean = trunk.mean
         self.std = trunk.std
+        for scale in range(n_scales):
+            self.register_buffer(f"channel_mean_{scale}", torch.zeros(trunk.out_channels))
+            self.register_buffer(f"channel_std_{scale}", torch.ones(trunk.out_channels))
+
+    def calibrate(self, features):
+        """Set the per-channel statistics from training features and return them standardised.
+
+        Parameters
+        ----------
+        features : list of Tensor
+            Raw per-scale maps ``(n, C, h_s, w_s)`` of the training images.
+        """
+        standardised = []
+        for scale, maps in enumerate(features):
+            mean = maps.mean(dim=(0, 2, 3))
+            std = maps.std(dim=(0, 2, 3)).clamp_min(1e-6 * float(maps.abs().max()) + 1e-12)
+            getattr(self, f"channel_mean_{scale}").copy_(mean)
+            getattr(self, f"channel_std_{scale}").copy_(std)
+            standardised.append(self._standardise(maps, scale))
+        return standardised
+
+    def _standardise(self, maps, scale):
+        mean = getattr(self, f"channel_mean_{scale}").to(maps.device).view(1, -1, 1, 1)
+        std = getattr(self, f"channel_std_{scale}").to(maps.device).view(1, -1, 1, 1)
+        return (maps - mean) / std
 
     def forward(self, images):
         height, width = images.shape[-2:]
@@ -262,7 +288,7 @@ class ImagePyramidFeatures(nn.Module):
                 images_s = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             else:
                 images_s = images
-            maps.append(self.trunk(images_s))
+            maps.append(self._standardise(self.trunk(images_s), scale))
         return maps
 
 

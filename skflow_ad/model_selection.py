@@ -34,14 +34,32 @@ and the splitters accept either form, so one ``y = masks`` serves them all::
         UFlowDetector(),
         {"flow_steps": [2, 4]},
         scoring={"image_auroc": image_auroc_scorer, "aupro": aupro_scorer},
-        refit="aupro",
+        refit=False,
         cv=NormalOnlyKFold(5, shuffle=True, random_state=0),
     )
     search.fit(X, masks)  # masks: all False for normal images
+    results = search.cv_results_  # mean_test_image_auroc, mean_test_aupro, ...
 
 The detectors ignore ``y`` in ``fit``. When some anomalous images have no
 mask annotation, pass image labels as ``y`` and use the image-level scorers
 only: with masks as ``y`` such images would count as normal.
+
+Refitting
+---------
+The splitters keep anomalies out of the training folds, but ``refit`` of
+:class:`~sklearn.model_selection.GridSearchCV` fits the best parameters on
+*all* of ``X``, anomalies included (``fit`` ignores ``y``). Pass
+``refit=False`` and fit the chosen parameters on the normal images yourself::
+
+    search = GridSearchCV(UFlowDetector(), grid, scoring=aupro_scorer,
+                          cv=NormalOnlyKFold(5), refit=False).fit(X, masks)
+    is_normal = ~masks.any(axis=(1, 2))
+    detector = UFlowDetector(**search.best_params_).fit(X[is_normal])
+
+For a benchmark's fixed split (normal training images, then a labelled test
+set), concatenate both and use
+:class:`~sklearn.model_selection.PredefinedSplit` with ``test_fold`` -1 for
+the training images and 0 for the test images: the scorers work there too.
 """
 
 from __future__ import annotations
@@ -52,7 +70,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import BaseCrossValidator, ShuffleSplit
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _num_samples
 
 from . import metrics
 from .metrics import _anomalous_from_labels, _as_image_list, _checked_mask
@@ -129,10 +146,9 @@ def _anomalous_flags(y, name="y"):
 
 def _check_n_samples(X, n_targets, splitter_name):
     """Check that ``X``, when given, has as many samples as ``y``."""
-    if X is not None and _num_samples(X) != n_targets:
+    if X is not None and len(X) != n_targets:
         raise ValueError(
-            f"{splitter_name}.split: X has {_num_samples(X)} samples but y has "
-            f"{n_targets}."
+            f"{splitter_name}.split: X has {len(X)} samples but y has {n_targets}."
         )
 
 

@@ -33,8 +33,8 @@ def resolve_device(device):
     return str(torch.device(device))
 
 
-def iter_batches(features, batch_size, device, indices=None):
-    """Yield lists of per-scale batches moved to ``device`` as float32.
+def iter_batches(features, batch_size, device, indices=None, dtype=torch.float32):
+    """Yield lists of per-scale batches moved to ``device`` as ``dtype``.
 
     Parameters
     ----------
@@ -48,13 +48,13 @@ def iter_batches(features, batch_size, device, indices=None):
         indices = torch.arange(n)
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size]
-        yield [f[rows.to(f.device)].to(device, torch.float32, non_blocking=True) for f in features]
+        yield [f[rows.to(f.device)].to(device, dtype, non_blocking=True) for f in features]
 
 
 @torch.inference_mode()
-def map_batches(function, features, batch_size, device):
+def map_batches(function, features, batch_size, device, dtype=torch.float32):
     """Concatenate ``function(batch)`` over all rows of ``features``, in order, on the CPU."""
-    outputs = [function(batch).detach().cpu() for batch in iter_batches(features, batch_size, device)]
+    outputs = [function(batch).detach().cpu() for batch in iter_batches(features, batch_size, device, dtype=dtype)]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
@@ -97,12 +97,14 @@ class FlowTrainer:
         Factor applied to the loss in the curves and the stopping rule (e.g.
         one over the latent size, for a loss per dimension); the optimised loss
         is unscaled.
+    dtype : torch.dtype
+        Precision of the flow and of the batches.
     """
 
     def __init__(
         self, loss, make_optimizer, make_scheduler=None, *, batch_size=32, max_epochs=100,
         validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, clip_grad_norm=None,
-        device="cpu", seed=0, verbose=False, report_scale=1.0,
+        device="cpu", seed=0, verbose=False, report_scale=1.0, dtype=torch.float32,
     ):
         self.loss = loss
         self.make_optimizer = make_optimizer
@@ -117,6 +119,7 @@ class FlowTrainer:
         self.seed = seed
         self.verbose = verbose
         self.report_scale = report_scale
+        self.dtype = dtype
 
     def split(self, n_samples):
         """Train and validation row indices; no validation rows when too few samples."""
@@ -131,7 +134,7 @@ class FlowTrainer:
         """Train ``flow`` in place on ``features`` (list of ``(n, ...)`` tensors)."""
         from tqdm.auto import tqdm
 
-        flow.to(self.device)
+        flow.to(self.device, self.dtype)
         train_rows, val_rows = self.split(features[0].shape[0])
         optimizer = self.make_optimizer([p for p in flow.parameters() if p.requires_grad])
         scheduler = self.make_scheduler(optimizer, self.max_epochs) if self.make_scheduler else None
@@ -143,7 +146,7 @@ class FlowTrainer:
             flow.train()
             order = train_rows[torch.randperm(len(train_rows), generator=generator)]
             total, count = 0.0, 0
-            for batch in iter_batches(features, self.batch_size, self.device, order):
+            for batch in iter_batches(features, self.batch_size, self.device, order, self.dtype):
                 latents, log_jac_det = flow(batch)
                 loss = self.loss(latents, log_jac_det).mean()
                 if not torch.isfinite(loss):
@@ -189,7 +192,7 @@ class FlowTrainer:
     def mean_loss(self, flow, features):
         """Mean per-sample loss of ``flow`` over ``features``, without gradients."""
         flow.eval()
-        losses = map_batches(lambda b: self.loss(*flow(b)), features, self.batch_size, self.device)
+        losses = map_batches(lambda b: self.loss(*flow(b)), features, self.batch_size, self.device, self.dtype)
         flow.train()
         return float(losses.double().mean()) * self.report_scale
 

@@ -1,0 +1,183 @@
+"""CS-Flow (Rudolph, Wehrbein, Rosenhahn, Wandt; arXiv 2110.02855) as a scikit-learn outlier detector."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from .base import BaseFlowDetector
+from .features import EfficientNetStage, ImagePyramidFeatures
+from .nn.csflow import CrossScaleFlow, csflow_anomaly_map, csflow_anomaly_score, csflow_nll
+
+#: The quarter-size image must cover at least one stride-32 cell of EfficientNet-B5.
+MIN_IMAGE_SIZE = 128
+
+
+class CSFlowDetector(BaseFlowDetector):
+    """Fully convolutional cross-scale flow on EfficientNet-B5 features.
+
+    The image is seen at full, half and quarter size; a frozen EfficientNet-B5
+    (output of stage 6, 304 channels at stride 32) gives one map per size, and
+    cross-scale coupling blocks transform the three maps jointly into standard
+    normal latents. The image anomaly score is the mean of ``z**2 / 2`` over
+    all latent entries. ``predict_mask`` applies U-Flow's a-contrario test to
+    CS-Flow's latents (an extension of the paper: the latents are standard
+    normal under the model, so the same test holds) or thresholds the map.
+    Beyond the paper, the backbone features are standardised per channel with
+    statistics of the training features (a fixed affine map), which keeps
+    training stable whatever the backbone weights.
+
+    Parameters
+    ----------
+    pretrained : bool or path, default=True
+        ImageNet weights of ``tf_efficientnet_b5`` (downloaded by timm), random
+        weights (``False``), or a local state-dict file.
+    image_size : int or (int, int), default=768
+        Working resolution (the paper's 768 px); at least 128.
+    n_coupling_blocks : int, default=4
+    cross_conv_hidden_channels : int, default=1024
+        Hidden channels of the cross-convolution subnets.
+    clamp : float, default=3.0
+        Soft clamp of the log-scales, ``clamp * 2/pi * atan(s / clamp)``.
+    kernel_sizes : tuple of int or None, default=None
+        Kernel size per block; None is 3 for every block but the last, 5.
+    map_mode : {"all", "max"}, default="all"
+        ``anomaly_map``: product over scales of the per-scale mean over
+        channels of ``z**2`` (``"all"``) or the finest scale only (``"max"``).
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        As in :class:`UFlowDetector`.
+    learning_rate : float, default=2e-4
+        Adam (eps 1e-4) as in the paper; gradient norms are clipped at 1.
+    weight_decay : float, default=1e-5
+    batch_size : int, default=16
+    max_epochs : int, default=240
+    validation_fraction, n_iter_no_change, tol
+        Early stopping, as in :class:`UFlowDetector` (``tol`` in NLL per dimension).
+    mask_method, nfa_window_size, nfa_probability_threshold, nfa_log_epsilon, pixel_quantile
+        Segmentation, as in :class:`UFlowDetector`.
+    device : str, default="auto"
+    random_state : int, RandomState or None, default=None
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    offset_, pixel_threshold_, device_, loss_curve_, validation_loss_curve_, best_loss_, n_iter_,
+    image_size_, n_channels_, feature_shapes_, n_features_in_
+        As in :class:`UFlowDetector`.
+    """
+
+    _parameter_constraints: dict = {
+        **BaseFlowDetector._parameter_constraints,
+        "n_coupling_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
+        "cross_conv_hidden_channels": [Interval(numbers.Integral, 1, None, closed="left")],
+        "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
+        "kernel_sizes": [None, tuple, list],
+        "map_mode": [StrOptions({"all", "max"})],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        *,
+        pretrained=True,
+        image_size=768,
+        n_coupling_blocks=4,
+        cross_conv_hidden_channels=1024,
+        clamp=3.0,
+        kernel_sizes=None,
+        map_mode="all",
+        contamination="auto",
+        learning_rate=2e-4,
+        weight_decay=1e-5,
+        batch_size=16,
+        max_epochs=240,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        mask_method="nfa",
+        nfa_window_size=7,
+        nfa_probability_threshold=0.5,
+        nfa_log_epsilon=0.0,
+        pixel_quantile=0.999,
+        device="auto",
+        random_state=None,
+        verbose=False,
+    ):
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.n_coupling_blocks = n_coupling_blocks
+        self.cross_conv_hidden_channels = cross_conv_hidden_channels
+        self.clamp = clamp
+        self.kernel_sizes = kernel_sizes
+        self.map_mode = map_mode
+        self.contamination = contamination
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.mask_method = mask_method
+        self.nfa_window_size = nfa_window_size
+        self.nfa_probability_threshold = nfa_probability_threshold
+        self.nfa_log_epsilon = nfa_log_epsilon
+        self.pixel_quantile = pixel_quantile
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # Hooks of BaseFlowDetector ------------------------------------------
+    def _make_extractor(self, params, pretrained):
+        return ImagePyramidFeatures(EfficientNetStage(pretrained), n_scales=3)
+
+    def _calibrate(self, extractor, features):
+        # Random or unusual backbones give features far from unit scale (about 1e-3 for a
+        # random EfficientNet): a fixed per-channel standardisation, learned from the
+        # training features, puts the flow's input where its initialisation expects it.
+        return extractor.calibrate(features)
+
+    def _working_size(self, params):
+        size = params["image_size"]
+        pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+        if min(pair) < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"CSFlowDetector needs image_size of at least {MIN_IMAGE_SIZE} px (its quarter-size "
+                f"image must cover one stride-32 cell of EfficientNet-B5); got {size!r}."
+            )
+        return pair
+
+    def _make_flow(self, params, feature_shapes, seed):
+        kernel_sizes = params["kernel_sizes"]
+        return CrossScaleFlow(
+            [shape[0] for shape in feature_shapes], n_scales=len(feature_shapes),
+            n_coupling_blocks=params["n_coupling_blocks"], hidden_channels=params["cross_conv_hidden_channels"],
+            clamp=params["clamp"], kernel_sizes=None if kernel_sizes is None else tuple(kernel_sizes), seed=seed,
+        )
+
+    def _vector_flow_kwargs(self, params):
+        return dict(flow_steps=params["n_coupling_blocks"], block_kwargs=dict(affine_clamping=params["clamp"]))
+
+    def _nll(self, latents, log_jac_det):
+        return csflow_nll(latents, log_jac_det)
+
+    def _nll_per_dim(self, latent_shapes):
+        return 1.0  # csflow_nll is already per dimension
+
+    def _make_optimizer(self, params):
+        lr, weight_decay = params["learning_rate"], params["weight_decay"]
+        return lambda parameters: torch.optim.Adam(parameters, lr=lr, eps=1e-4, weight_decay=weight_decay)
+
+    def _clip_grad_norm(self, params):
+        return 1.0
+
+    def _image_anomaly_scores(self, latents, working_size):
+        return csflow_anomaly_score(latents)
+
+    def _vector_anomaly_scores(self, latents, log_jac_det):
+        return csflow_anomaly_score(latents)
+
+    def _anomaly_maps(self, latents, output_size):
+        return csflow_anomaly_map(latents, output_size, mode=self.map_mode)

@@ -1,0 +1,367 @@
+"""The ``skflow-ad`` command line, end to end on small generated image folders."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skflow_ad import UFlowDetector
+from skflow_ad.cli import _key_value, build_parser, colorize, main
+from skflow_ad.datasets import load_images, make_surface_train_test
+
+FAST_OPTIONS = ["--epochs", "1", "--image-size", "32", "--pretrained", "no", "--backbone", "resnet18",
+                "--batch-size", "4", "--seed", "0", "--quiet"]
+
+
+def _save_png(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _one_error_line(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mvtec_root(tmp_path_factory):
+    """An MVTec-AD style category: 12 training images, 3 good and 3 defective test images with masks."""
+    data = make_surface_train_test(12, 3, 3, image_size=32, random_state=0)
+    root = tmp_path_factory.mktemp("data") / "surface"
+    for index, image in enumerate(data.X_train):
+        _save_png(image, root / "train" / "good" / f"{index:03d}.png")
+    for index, (image, label, mask) in enumerate(zip(data.X_test, data.y_test, data.masks_test)):
+        folder = "good" if label == 1 else "defect"
+        _save_png(image, root / "test" / folder / f"{index:03d}.png")
+        if label == -1:
+            _save_png(mask.astype(np.uint8) * 255, root / "ground_truth" / folder / f"{index:03d}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_path(mvtec_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "nested" / "model.joblib"
+    assert main(["fit", str(mvtec_root), "-o", str(path), *FAST_OPTIONS]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return joblib.load(model_path)
+
+
+# ---------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------
+
+
+def test_fit_on_mvtec_root_uses_train_good_and_saves_the_options(model_path, model):
+    assert isinstance(model, UFlowDetector)
+    params = model.get_params()
+    assert params["backbone"] == "resnet18" and params["pretrained"] is False
+    assert params["image_size"] == 32 and params["max_epochs"] == 1 and params["batch_size"] == 4
+    assert params["random_state"] == 0 and params["verbose"] is False
+    assert model.n_channels_ == 1 and model.n_iter_ == 1
+    assert not model_path.with_name(model_path.name + ".partial").exists()
+
+
+def test_fit_plain_folder_recursively_in_color_with_params(tmp_path, capsys):
+    data = make_surface_train_test(8, 0, 0, image_size=32, color=True, random_state=1)
+    folder = tmp_path / "normal"
+    for index, image in enumerate(data.X_train):
+        _save_png(image, folder / ("sub" if index % 2 else "") / f"{index}.png")
+    _save_png(data.X_train[0][:20], folder / ".hidden.png")  # skipped, or the fit would see 9 images
+    (folder / "notes.txt").write_text("not an image")
+    path = tmp_path / "color.joblib"
+    status = main(["fit", str(folder), "-o", str(path), *FAST_OPTIONS, "--color",
+                   "--param", "flow_steps=2", "--param", "mask_method=threshold",
+                   "--param", "contamination=0.1"])
+    assert status == 0
+    assert "on 8 images" in capsys.readouterr().out
+    model = joblib.load(path)
+    assert model.n_channels_ == 3
+    assert model.flow_steps == 2 and model.mask_method == "threshold" and model.contamination == 0.1
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("flow_steps=6", ("flow_steps", 6)),
+        ("learning_rate=1e-4", ("learning_rate", 1e-4)),
+        ("permute_soft=True", ("permute_soft", True)),
+        ("random_state=None", ("random_state", None)),
+        ("image_size=(32, 48)", ("image_size", (32, 48))),
+        ("mask_method=threshold", ("mask_method", "threshold")),
+        ("backbone='resnet18'", ("backbone", "resnet18")),
+        ("pretrained=/weights/model.pth", ("pretrained", "/weights/model.pth")),
+        (" tol = 0.5 ", ("tol", 0.5)),
+    ],
+)
+def test_param_values_are_literals_or_strings(text, expected):
+    assert _key_value(text) == expected
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("flow_stepz=3", "unknown parameter 'flow_stepz'"),
+        ("max_epochs=3", "both --epochs and --param"),
+        ("flow_steps=0", "flow_steps"),
+    ],
+)
+def test_bad_param_is_a_usage_error(mvtec_root, tmp_path, capsys, param, message):
+    status = main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), *FAST_OPTIONS, "--param", param])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("usage: skflow-ad fit")
+    if "unknown" in message:  # the valid names are listed
+        assert "flow_steps" in err and "nfa_window_size" in err
+    assert not (tmp_path / "m.joblib").exists()
+
+
+# ---------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------
+
+
+def test_score_mvtec_root_writes_scores_heatmaps_masks_and_metrics(mvtec_root, model_path, model, tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(["score", str(model_path), str(mvtec_root), "-o", str(out), "--heatmaps", "--masks",
+                   "--mask-method", "threshold", "--batch-size", "4", "--quiet"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "image AUROC" in printed and "AUPRO" in printed
+
+    rows = _read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction", "label"]
+    paths = [Path(row["path"]) for row in rows]
+    # test/good first, then the defect folders, as load_mvtec_folder orders them.
+    assert [path.parent.name for path in paths] == ["good"] * 3 + ["defect"] * 3
+    assert [int(row["label"]) for row in rows] == [1] * 3 + [-1] * 3
+
+    images = load_images(paths)
+    scores = np.array([float(row["score"]) for row in rows])
+    np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([float(row["anomaly_score"]) for row in rows], -scores)
+    assert [int(row["prediction"]) for row in rows] == model.predict(images).tolist()
+
+    expected_masks = model.predict_mask(images, method="threshold")
+    for path, expected_mask in zip(paths, expected_masks):
+        relative = Path(path.parent.name) / path.name
+        heatmap = np.asarray(Image.open(out / "heatmaps" / relative))
+        assert heatmap.shape == (32, 32, 3) and heatmap.dtype == np.uint8
+        mask = np.asarray(Image.open(out / "masks" / relative))
+        assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask == 255, expected_mask)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "best_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["n_images"] == 6 and metrics["n_anomalous"] == 3
+
+
+def test_score_plain_folder_of_mixed_sizes_keeps_each_size(model_path, model, tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    _save_png(rng.integers(0, 256, (32, 32), dtype=np.uint8), folder / "a.png")
+    _save_png(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), folder / "line2" / "b.png")  # RGB -> gray
+    _save_png(rng.integers(0, 256, (24, 36), dtype=np.uint8), folder / "line2" / "a.png")
+    out = folder / "results"  # inside the data: must not be read back as images on a second run
+    assert main(["score", str(model_path), str(folder), "-o", str(out), "--heatmaps", "--masks", "-q"]) == 0
+    assert main(["score", str(model_path), str(folder), "-o", str(out), "-q"]) == 0
+
+    rows = _read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction"]
+    paths = [Path(row["path"]) for row in rows]
+    assert [path.relative_to(folder).as_posix() for path in paths] == ["a.png", "line2/a.png", "line2/b.png"]
+    images = [load_images([path])[0] for path in paths]
+    np.testing.assert_allclose([float(row["score"]) for row in rows], model.score_samples(images),
+                               rtol=1e-5, atol=1e-6)
+    for name, size in [("a.png", (32, 32)), ("line2/a.png", (24, 36)), ("line2/b.png", (48, 40))]:
+        assert np.asarray(Image.open(out / "heatmaps" / name)).shape == (*size, 3)
+        assert np.asarray(Image.open(out / "masks" / name)).shape == size
+    assert not (out / "metrics.json").exists()
+
+
+def test_score_names_clashing_stems_apart(model_path, tmp_path):
+    folder = tmp_path / "images"
+    image = np.full((32, 32), 128, dtype=np.uint8)
+    _save_png(image, folder / "part.png")
+    _save_png(image, folder / "part.bmp")
+    out = tmp_path / "out"
+    assert main(["score", str(model_path), str(folder), "-o", str(out), "--heatmaps", "-q"]) == 0
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["part_bmp.png", "part_png.png"]
+
+
+def test_colorize_is_dark_to_bright_and_clips():
+    rgb = colorize(np.array([[-1.0, 0.0, 0.5, 1.0, 2.0]]), 0.0, 1.0)
+    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
+    brightness = rgb.astype(int).sum(axis=-1)[0]
+    assert brightness[0] == brightness[1] < brightness[2] < brightness[3] == brightness[4]
+
+
+# ---------------------------------------------------------------------------
+# help, usage errors, data errors
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_help_explains_every_option_with_its_default(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    subparser = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        for option in action.option_strings:
+            assert option in text
+        if action.option_strings and action.dest != "help" and action.dest not in ("output", "param"):
+            assert "default" in action.help, action.dest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["train"],
+        ["fit", "data"],  # no -o
+        ["fit", "data", "-o", "m.joblib", "--epochs", "0"],
+        ["fit", "data", "-o", "m.joblib", "--contamination", "0.7"],
+        ["fit", "data", "-o", "m.joblib", "--image-size", "32x"],
+        ["fit", "data", "-o", "m.joblib", "--detector", "padim"],
+        ["fit", "data", "-o", "m.joblib", "--param", "flow_steps"],
+        ["score", "m.joblib", "data", "-o", "out", "--mask-method", "otsu"],
+        ["score", "m.joblib", "data", "-o", "out", "--heatmap-range", "2:1"],
+    ],
+)
+def test_bad_usage_exits_with_2(argv, capsys):
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def _write_junk_model(path):
+    path.write_text("not a model")
+
+
+def _write_dict_model(path):
+    joblib.dump({"weights": [1, 2]}, path)
+
+
+def _write_unfitted_model(path):
+    joblib.dump(UFlowDetector(), path)
+
+
+@pytest.mark.parametrize(
+    "write_model, message",
+    [
+        (None, "does not exist"),
+        (_write_junk_model, "cannot load a model"),
+        (_write_dict_model, "holds a dict, not a skflow_ad detector"),
+        (_write_unfitted_model, "not fitted"),
+    ],
+)
+def test_score_rejects_bad_model_files(mvtec_root, tmp_path, capsys, write_model, message):
+    path = tmp_path / "model.joblib"
+    if write_model is not None:
+        write_model(path)
+    assert main(["score", str(path), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_score_data_errors(model_path, tmp_path, capsys):
+    assert main(["score", str(model_path), str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 1
+    assert "does not exist" in _one_error_line(capsys.readouterr().err)
+
+    (tmp_path / "empty").mkdir()
+    assert main(["score", str(model_path), str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
+    assert "no image files" in _one_error_line(capsys.readouterr().err)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "truncated.png").write_bytes(b"\x89PNG not really")
+    assert main(["score", str(model_path), str(broken), "-o", str(tmp_path / "out"), "-q"]) == 1
+    assert "cannot read image file" in _one_error_line(capsys.readouterr().err)
+
+
+def test_score_rejects_masks_of_the_wrong_size(mvtec_root, model_path, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(mvtec_root, root)
+    mask = next((root / "ground_truth" / "defect").iterdir())
+    _save_png(np.zeros((16, 16), dtype=np.uint8), mask)
+    assert main(["score", str(model_path), str(root), "-o", str(tmp_path / "out"), "-q"]) == 1
+    assert "mask" in _one_error_line(capsys.readouterr().err)
+
+
+def test_score_without_ground_truth_masks_gives_image_metrics_only(mvtec_root, model_path, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(mvtec_root, root)
+    shutil.rmtree(root / "ground_truth")
+    assert main(["score", str(model_path), str(root), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert "pixel metrics need a mask" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+
+
+def test_fit_data_and_path_errors(tmp_path, capsys):
+    model = str(tmp_path / "m.joblib")
+    assert main(["fit", str(tmp_path / "missing"), "-o", model, *FAST_OPTIONS]) == 1
+    assert "does not exist" in _one_error_line(capsys.readouterr().err)
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "readme.txt").write_text("no images here")
+    assert main(["fit", str(tmp_path / "empty"), "-o", model, *FAST_OPTIONS]) == 1
+    assert "no image files" in _one_error_line(capsys.readouterr().err)
+
+    options = [*FAST_OPTIONS, "--pretrained", str(tmp_path / "weights.pth")]  # the last --pretrained wins
+    assert main(["fit", str(tmp_path / "empty"), "-o", model, *options]) == 1
+    assert "weights.pth" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fit_on_unavailable_device_fails_before_reading_data(mvtec_root, tmp_path, capsys):
+    assert main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), *FAST_OPTIONS, "--device", "cuda"]) == 1
+    assert "CUDA is not available" in _one_error_line(capsys.readouterr().err)
+
+
+def test_missing_detector_module_is_a_clear_error(mvtec_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skflow_ad.csflow", None)  # makes the import fail
+    status = main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), *FAST_OPTIONS, "--detector", "csflow"])
+    assert status == 1
+    assert "csflow detector is not available" in _one_error_line(capsys.readouterr().err)
+
+
+def test_option_the_detector_lacks_is_a_usage_error(mvtec_root, tmp_path, capsys):
+    csflow = pytest.importorskip("skflow_ad.csflow")
+    if "backbone" in csflow.CSFlowDetector().get_params():
+        pytest.skip("CSFlowDetector takes a backbone")
+    status = main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), "--detector", "csflow",
+                   "--backbone", "resnet18"])
+    assert status == 2
+    assert "--backbone does not apply to the csflow detector" in capsys.readouterr().err
+
+
+def test_installed_entry_point_prints_help():
+    script = Path(sys.executable).with_name("skflow-ad")
+    if not script.exists():
+        found = shutil.which("skflow-ad")
+        if found is None:
+            pytest.skip("the skflow-ad entry point is not installed (pip install -e .)")
+        script = Path(found)
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: skflow-ad" in result.stdout and "fit" in result.stdout and "score" in result.stdout
