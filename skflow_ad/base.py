@@ -147,6 +147,8 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
                 raise ValueError(f"n_samples={X.shape[0]}: fitting a flow needs at least 2 samples.")
         else:
             images = check_images(X)
+            if len(images) < 2:
+                raise ValueError(f"n_samples={len(images)}: fitting a flow needs at least 2 images.")
             working_size = self._resolve_working_size(params)
         device = resolve_device(self.device)
         seed = seed_from_random_state(self.random_state)

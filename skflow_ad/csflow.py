@@ -37,6 +37,8 @@ class CSFlowDetector(BaseFlowDetector):
     image_size : int or (int, int), default=768
         Working resolution (the paper's 768 px); at least 128.
     n_coupling_blocks : int, default=4
+        Cross-scale coupling blocks, each preceded by a fixed random channel
+        permutation per scale.
     cross_conv_hidden_channels : int, default=1024
         Hidden channels of the cross-convolution subnets.
     clamp : float, default=3.0
@@ -46,20 +48,27 @@ class CSFlowDetector(BaseFlowDetector):
     map_mode : {"all", "max"}, default="all"
         ``anomaly_map``: product over scales of the per-scale mean over
         channels of ``z**2`` (``"all"``) or the finest scale only (``"max"``).
+        Fixed at fit time, since ``pixel_threshold_`` is learned on these maps.
     contamination : "auto" or float in (0, 0.5], default="auto"
         As in :class:`UFlowDetector`.
     learning_rate : float, default=2e-4
         Adam (eps 1e-4) as in the paper; gradient norms are clipped at 1.
     weight_decay : float, default=1e-5
+        Adam's L2 penalty.
     batch_size : int, default=16
+        Training and prediction batch size.
     max_epochs : int, default=240
+        Upper bound on training epochs (early stopping usually ends sooner).
     validation_fraction, n_iter_no_change, tol
         Early stopping, as in :class:`UFlowDetector` (``tol`` in NLL per dimension).
     mask_method, nfa_window_size, nfa_probability_threshold, nfa_log_epsilon, pixel_quantile
         Segmentation, as in :class:`UFlowDetector`.
     device : str, default="auto"
+        ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
     random_state : int, RandomState or None, default=None
+        Seeds initialisation, permutations, the validation split and shuffling.
     verbose : bool, default=False
+        Show a progress bar over epochs.
 
     Attributes
     ----------
@@ -180,4 +189,5 @@ class CSFlowDetector(BaseFlowDetector):
         return csflow_anomaly_score(latents)
 
     def _anomaly_maps(self, latents, output_size):
-        return csflow_anomaly_map(latents, output_size, mode=self.map_mode)
+        # The fit-time mode: pixel_threshold_ was learned on maps of that mode.
+        return csflow_anomaly_map(latents, output_size, mode=self._fit_params["map_mode"])

@@ -314,7 +314,7 @@ def check_timm_name(backbone):
     """Raise ``ValueError`` when ``backbone`` is not a timm model name."""
     import timm
 
-    if backbone != "mcait" and backbone not in timm.list_models():
+    if backbone != "mcait" and not timm.is_model(backbone):
         raise ValueError(
             f"backbone {backbone!r} is not 'mcait' nor a timm model name "
             f"(see timm.list_models()); e.g. 'resnet18' or 'wide_resnet50_2'."

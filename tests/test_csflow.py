@@ -1,0 +1,119 @@
+"""CSFlowDetector: the estimator on top of the cross-scale flow."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skflow_ad import CSFlowDetector
+from skflow_ad.nn.csflow import csflow_anomaly_map, csflow_anomaly_score
+
+#: Cheap settings: the smallest image size CS-Flow supports, a narrow flow, random weights.
+FAST_CSFLOW = dict(
+    pretrained=False, image_size=128, cross_conv_hidden_channels=16, max_epochs=2, batch_size=8, random_state=0
+)
+
+
+@parametrize_with_checks([CSFlowDetector(max_epochs=3, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.RandomState(0)
+    return (rng.rand(10, 128, 96) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    return CSFlowDetector(**FAST_CSFLOW).fit(images)
+
+
+def test_image_size_below_the_minimum_says_the_minimum(images):
+    with pytest.raises(ValueError, match="at least 128 px.*got 96"):
+        CSFlowDetector(**{**FAST_CSFLOW, "image_size": 96}).fit(images)
+
+
+def test_three_scales_of_efficientnet_b5_stage_6(fitted):
+    # 304 channels at stride 32 of the image at full, half and quarter size
+    assert fitted.feature_shapes_ == [(304, 4, 4), (304, 2, 2), (304, 1, 1)]
+    assert fitted.flow_.kernel_sizes == (3, 3, 3, 5)
+    assert fitted.flow_.n_coupling_blocks == 4
+
+
+def test_features_are_standardised_on_the_training_set(fitted, images):
+    # the per-channel statistics are learned once at fit time and kept with the model
+    data = fitted._check_input(images)
+    with torch.inference_mode():
+        batch = next(data.batches(len(images), fitted.image_size_, "cpu"))[1]
+        maps = fitted.extractor_(fitted._normalize(batch, fitted.extractor_))
+    for m in maps:
+        np.testing.assert_allclose(m.mean(dim=(0, 2, 3)).numpy(), 0, atol=1e-3)
+        np.testing.assert_allclose(m.std(dim=(0, 2, 3)).numpy(), 1, rtol=1e-2)
+
+
+def test_scores_and_maps_follow_the_paper(fitted, images):
+    data = fitted._check_input(images[:4])
+    (_, latents, _), = list(fitted._iter_latents(data))
+    # image score: mean of z^2 / 2 over every latent entry of every scale
+    expected = 0.5 * sum(z.pow(2).sum(dim=(1, 2, 3)) for z in latents) / sum(z[0].numel() for z in latents)
+    np.testing.assert_allclose(fitted.score_samples(images[:4]), -expected.double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(-fitted.score_samples(images[:4]), csflow_anomaly_score(latents).numpy(), rtol=1e-6)
+    maps = fitted.anomaly_map(images[:4])
+    assert maps.shape == (4, 128, 96) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, csflow_anomaly_map(latents, (128, 96), mode="all").numpy(), rtol=1e-5)
+    masks = fitted.predict_mask(images[:4])
+    assert masks.shape == (4, 128, 96) and masks.dtype == bool
+    np.testing.assert_array_equal(
+        fitted.predict_mask(images[:4], method="threshold"), maps > fitted.pixel_threshold_
+    )
+
+
+def test_map_mode_max_uses_the_finest_scale(images):
+    det = CSFlowDetector(**{**FAST_CSFLOW, "map_mode": "max", "max_epochs": 1}).fit(images[:6])
+    data = det._check_input(images[:2])
+    (_, latents, _), = list(det._iter_latents(data))
+    expected = csflow_anomaly_map(latents[:1], (128, 96), mode="all").numpy()
+    np.testing.assert_allclose(det.anomaly_map(images[:2]), expected, rtol=1e-5)
+    # changing the mode after fit does not desynchronise maps and the learned threshold
+    det.set_params(map_mode="all")
+    np.testing.assert_allclose(det.anomaly_map(images[:2]), expected, rtol=1e-5)
+
+
+def test_loss_is_per_dimension_and_training_moves_it(fitted):
+    assert len(fitted.loss_curve_) == fitted.n_iter_ == 2
+    # per-dimension NLL of standardised features starts near 0.5 (z ~ N(0, 1), log-det ~ 0)
+    assert 0.2 < fitted.loss_curve_[0] < 0.8
+    assert fitted.loss_curve_[-1] < fitted.loss_curve_[0]
+
+
+def test_persistence_round_trip(fitted, images, tmp_path):
+    path = tmp_path / "csflow.joblib"
+    joblib.dump(fitted, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+    np.testing.assert_array_equal(loaded.anomaly_map(images[:2]), fitted.anomaly_map(images[:2]))
+    np.testing.assert_array_equal(loaded.predict_mask(images[:2]), fitted.predict_mask(images[:2]))
+
+
+def test_model_saved_on_a_gpu_device_loads_here(fitted, images):
+    det = pickle.loads(pickle.dumps(fitted))
+    det.device_ = "cuda:0"
+    loaded = pickle.loads(pickle.dumps(det))
+    assert loaded.device_ == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    np.testing.assert_allclose(loaded.score_samples(images), fitted.score_samples(images), rtol=1e-5)
+
+
+def test_bad_input_keeps_the_model(fitted, images):
+    det = pickle.loads(pickle.dumps(fitted))
+    before = det.score_samples(images[:2])
+    with pytest.raises(ValueError, match="1 channel\\(s\\) but CSFlowDetector was fitted on images with 3"):
+        rgb = CSFlowDetector(**{**FAST_CSFLOW, "max_epochs": 1}).fit(np.stack([images[:4]] * 3, axis=-1))
+        rgb.score_samples(images[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        det.fit(np.full((3, 128, 128), np.nan))
+    np.testing.assert_array_equal(det.score_samples(images[:2]), before)

@@ -1,0 +1,75 @@
+"""Documentation checks: the API page is current and the user guide's examples run.
+
+Runnable blocks of docs/user_guide.md are those fenced with ```python that do
+not contain ``# doctest: +SKIP``; they run in order in one namespace (the
+convention is stated at the top of the guide).
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+import skflow_ad
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SKIP_MARKER = "# doctest: +SKIP"
+
+
+def _build_api_module():
+    spec = importlib.util.spec_from_file_location("build_api", DOCS / "build_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runnable_blocks(text):
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    return [b for b in blocks if SKIP_MARKER not in b]
+
+
+def test_api_md_is_up_to_date():
+    expected = _build_api_module().build()
+    assert (DOCS / "api.md").read_text(encoding="utf-8") == expected, (
+        "docs/api.md is out of date: run python docs/build_api.py"
+    )
+
+
+@pytest.mark.parametrize("page", ["api.md", "user_guide.md"])
+def test_public_names_are_documented(page):
+    text = (DOCS / page).read_text(encoding="utf-8")
+    missing = [name for name in skflow_ad.__all__ if name not in text]
+    assert not missing, f"{page} does not mention {missing}"
+
+
+def test_user_guide_has_runnable_blocks():
+    text = (DOCS / "user_guide.md").read_text(encoding="utf-8")
+    assert len(_runnable_blocks(text)) >= 5
+
+
+@pytest.fixture
+def one_torch_thread():
+    # The tiny models of the guide run fastest on one thread, notably on busy machines.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_user_guide_examples_run(tmp_path, monkeypatch, one_torch_thread):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    text = (DOCS / "user_guide.md").read_text(encoding="utf-8")
+    namespace = {"__name__": "user_guide"}
+    try:
+        for i, block in enumerate(_runnable_blocks(text)):
+            try:
+                exec(compile(block, f"user_guide.md:block{i}", "exec"), namespace)
+            except Exception as exc:  # pragma: no cover - reported with the block
+                raise AssertionError(f"user guide block {i} failed:\n{block}") from exc
+    finally:
+        if "matplotlib.pyplot" in __import__("sys").modules:
+            __import__("matplotlib.pyplot").pyplot.close("all")
