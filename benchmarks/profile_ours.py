@@ -1,0 +1,163 @@
+"""Where our detectors spend their time: profiles of a flow training step and of inference.
+
+Prints, for U-Flow (resnet18) and CS-Flow:
+
+* torch.profiler's top operators (self CPU time) of one training step of the
+  flow on cached features (forward, loss, backward, Adam step);
+* cProfile's top functions (cumulative time) of ``score_samples`` +
+  ``anomaly_map`` on a few images;
+* a split of one inference batch into backbone, flow and score/map time;
+* quick what-ifs for the flow step: channels_last memory format and bfloat16
+  autocast (same step, timed against the plain one, interleaved).
+
+Only our package is needed. Example::
+
+    python benchmarks/profile_ours.py --image-size 128 --n-images 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def make_images(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def detector(method, args):
+    from skflow_ad import CSFlowDetector, UFlowDetector
+
+    common = dict(pretrained=False, image_size=args.image_size, batch_size=args.batch_size, max_epochs=1,
+                  validation_fraction=0.0, device="cpu", random_state=0)
+    if method == "uflow":
+        return UFlowDetector(backbone="resnet18", **common)
+    return CSFlowDetector(cross_conv_hidden_channels=args.csflow_hidden, **common)
+
+
+def train_step(det, flow, optimizer, batch, memory_format=None, autocast=False):
+    if memory_format is not None:
+        batch = [b.contiguous(memory_format=memory_format) for b in batch]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        latents, ljd = flow(batch)
+        loss = det._nll([z.float() for z in latents], ljd.float()).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def features_of(det, images):
+    from skflow_ad._validation import check_images
+
+    return det._extract(det.extractor_, check_images(images), det.image_size_, "cpu", det.get_params(deep=False))
+
+
+def profile_train(method, det, features, args):
+    params = det.get_params(deep=False)
+    flow = det._make_flow(params, [tuple(f.shape[1:]) for f in features], 0)
+    optimizer = det._make_optimizer(params)([p for p in flow.parameters() if p.requires_grad])
+    batch = [f[: args.batch_size] for f in features]
+    train_step(det, flow, optimizer, batch)  # warm-up
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(det, flow, optimizer, batch)
+    print(f"\n## {method}: one flow training step (batch {args.batch_size}), torch.profiler, top by self CPU")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+    variants = {
+        "plain": dict(),
+        "channels_last": dict(memory_format=torch.channels_last),
+        "bf16 autocast": dict(autocast=True),
+    }
+    flows = {}
+    for name, kw in variants.items():
+        f = det._make_flow(params, [tuple(x.shape[1:]) for x in features], 0)
+        if "memory_format" in kw:
+            f = f.to(memory_format=kw["memory_format"])
+        opt = det._make_optimizer(params)([p for p in f.parameters() if p.requires_grad])
+        train_step(det, f, opt, batch, **kw)
+        flows[name] = (f, opt, kw)
+    times = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, (f, opt, kw) in flows.items():
+            start = time.perf_counter()
+            train_step(det, f, opt, batch, **kw)
+            times[name].append(time.perf_counter() - start)
+    plain = statistics.median(times["plain"])
+    print(f"## {method}: flow training step variants (median of {args.repeats}, interleaved)")
+    for name, values in times.items():
+        t = statistics.median(values)
+        print(f"  {name:15s} {t:.3f}s  ({t / plain:.2f}x plain)")
+
+
+def profile_inference(method, det, images, args):
+    det.score_samples(images[:2])  # warm-up
+    pr = cProfile.Profile()
+    pr.enable()
+    det.score_samples(images)
+    det.anomaly_map(images)
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("cumulative").print_stats(args.top)
+    print(f"\n## {method}: score_samples + anomaly_map on {len(images)} images, cProfile, top cumulative")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
+
+    from skflow_ad._validation import check_images
+
+    data = check_images(images)
+    backbone = flow = post = convert = 0.0
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            batches = list(data.batches(det.batch_size, det.image_size_, "cpu"))
+            t1 = time.perf_counter()
+            convert += t1 - t0
+            for _, batch in batches:
+                t0 = time.perf_counter()
+                maps = det.extractor_(det._normalize(batch, det.extractor_))
+                t1 = time.perf_counter()
+                latents, _ = det.flow_([m.float() for m in maps])
+                t2 = time.perf_counter()
+                det._image_anomaly_scores(latents, det.image_size_)
+                det._anomaly_maps(latents, det.image_size_)
+                t3 = time.perf_counter()
+                backbone += t1 - t0
+                flow += t2 - t1
+                post += t3 - t2
+    total = convert + backbone + flow + post
+    print(f"## {method}: one inference pass split (sum over {args.repeats} passes of {len(images)} images)")
+    for name, t in (("uint8 -> float, resize", convert), ("backbone", backbone), ("flow", flow),
+                    ("score + map", post)):
+        print(f"  {name:24s} {t:7.3f}s  {100 * t / total:5.1f}%")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["uflow", "csflow"], choices=["uflow", "csflow"])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--n-images", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--csflow-hidden", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--top", type=int, default=15, help="rows of each profile")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    images = make_images(args.n_images, args.image_size)
+    for method in args.methods:
+        det = detector(method, args).fit(images)
+        profile_train(method, det, features_of(det, images), args)
+        profile_inference(method, det, images, args)
+
+
+if __name__ == "__main__":
+    main()
