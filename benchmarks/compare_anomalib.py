@@ -250,8 +250,6 @@ def bench_training(method, args, images, rows):
         t, _ = timed(lambda: det.fit(images))
         ours_fit.append(t / epochs)
         t_feat, features = our_features(det, images)
-        if method == "csflow":  # our fit standardises the features; same cost either way
-            pass
         ours_feat.append(t_feat)
         ours_flow.append(our_flow_epoch(det, features))
         del features

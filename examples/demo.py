@@ -22,9 +22,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="demo.png", help="where to write the figure (default: demo.png)")
     parser.add_argument("--epochs", type=int, default=15, help="maximum training epochs (default: 15)")
+    parser.add_argument("--n-train", type=int, default=200, help="normal training images (default: 200)")
     args = parser.parse_args(argv)
 
-    data = make_surface_train_test(n_train=200, n_test_normal=50, n_test_anomalous=50, image_size=64, random_state=0)
+    data = make_surface_train_test(n_train=args.n_train, n_test_normal=50, n_test_anomalous=50, image_size=64, random_state=0)
     print(data.DESCR)
 
     detector = UFlowDetector(

@@ -335,6 +335,11 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
 
         Returns an ``(n, H, W)`` array for array input, a list for a list of images.
         """
+        if data.uniform:
+            size = data.sizes[0]
+            return np.concatenate(
+                [compute(latents, ljd, size).cpu().numpy() for _, latents, ljd in self._iter_latents(data)]
+            )
         outputs = [None] * len(data)
         for start, latents, log_jac_det in self._iter_latents(data):
             batch_sizes = data.sizes[start : start + latents[0].shape[0]]
@@ -344,7 +349,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
                 result = compute(picked, log_jac_det[rows], size).cpu().numpy()
                 for row, value in zip(rows, result):
                     outputs[start + row] = value
-        return np.stack(outputs) if data.uniform else outputs
+        return outputs
 
     def anomaly_map(self, X):
         """Pixel anomaly scores at each input's own resolution (higher = more anomalous).
@@ -355,6 +360,26 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         """
         data = self._check_images_fitted(X, "anomaly_map")
         return self._per_image(data, lambda lat, ljd, size: self._anomaly_maps(lat, size).float())
+
+    def log_nfa_map(self, X):
+        """log10 of the a-contrario number of false alarms of each pixel (lower = more anomalous).
+
+        ``predict_mask(X, method="nfa")`` is ``log_nfa_map(X) < nfa_log_epsilon``.
+
+        Returns
+        -------
+        log_nfa : ndarray of shape (n, H, W), float32, or a list for a list input
+        """
+        from .nfa import log_nfa
+
+        data = self._check_images_fitted(X, "log_nfa_map")
+        return self._per_image(
+            data,
+            lambda latents, ljd, size: log_nfa(
+                latents, size, window_size=self.nfa_window_size,
+                probability_threshold=self.nfa_probability_threshold,
+            ),
+        )
 
     def predict_mask(self, X, method=None):
         """Segment anomalous pixels without labels.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .base import BaseFlowDetector
-from .features import EfficientNetStage, ImagePyramidFeatures
+from .trainer import fused_adam
+from .features import EfficientNetStage, ImagePyramidFeatures, freeze
 from .nn.csflow import CrossScaleFlow, csflow_anomaly_map, csflow_anomaly_score, csflow_nll
 
 #: The quarter-size image must cover at least one stride-32 cell of EfficientNet-B5.
@@ -31,11 +33,16 @@ class CSFlowDetector(BaseFlowDetector):
 
     Parameters
     ----------
+    backbone : "efficientnet_b5" or torch.nn.Module, default="efficientnet_b5"
+        The paper's EfficientNet-B5 trunk (timm ``tf_efficientnet_b5``, up to
+        the end of stage 6), or a module mapping images ``(n, 3, H, W)`` to one
+        feature map ``(n, C, h, w)``, applied at the three image sizes and
+        frozen.
     pretrained : bool or path, default=True
         ImageNet weights of ``tf_efficientnet_b5`` (downloaded by timm), random
         weights (``False``), or a local state-dict file.
     image_size : int or (int, int), default=768
-        Working resolution (the paper's 768 px); at least 128.
+        Working resolution (the paper's 768 px); at least 128 with EfficientNet-B5.
     n_coupling_blocks : int, default=4
         Cross-scale coupling blocks, each preceded by a fixed random channel
         permutation per scale.
@@ -79,6 +86,7 @@ class CSFlowDetector(BaseFlowDetector):
 
     _parameter_constraints: dict = {
         **BaseFlowDetector._parameter_constraints,
+        "backbone": [StrOptions({"efficientnet_b5"}), torch.nn.Module],
         "n_coupling_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
         "cross_conv_hidden_channels": [Interval(numbers.Integral, 1, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -89,6 +97,7 @@ class CSFlowDetector(BaseFlowDetector):
 
     def __init__(
         self,
+        backbone="efficientnet_b5",
         *,
         pretrained=True,
         image_size=768,
@@ -114,6 +123,7 @@ class CSFlowDetector(BaseFlowDetector):
         random_state=None,
         verbose=False,
     ):
+        self.backbone = backbone
         self.pretrained = pretrained
         self.image_size = image_size
         self.n_coupling_blocks = n_coupling_blocks
@@ -140,7 +150,12 @@ class CSFlowDetector(BaseFlowDetector):
 
     # Hooks of BaseFlowDetector ------------------------------------------
     def _make_extractor(self, params, pretrained):
-        return ImagePyramidFeatures(EfficientNetStage(pretrained), n_scales=3)
+        backbone = params["backbone"]
+        if isinstance(backbone, torch.nn.Module):
+            trunk = freeze(copy.deepcopy(backbone))
+        else:
+            trunk = EfficientNetStage(pretrained)
+        return ImagePyramidFeatures(trunk, n_scales=3)
 
     def _calibrate(self, extractor, features):
         # Random or unusual backbones give features far from unit scale (about 1e-3 for a
@@ -151,7 +166,7 @@ class CSFlowDetector(BaseFlowDetector):
     def _working_size(self, params):
         size = params["image_size"]
         pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-        if min(pair) < MIN_IMAGE_SIZE:
+        if isinstance(params["backbone"], str) and min(pair) < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"CSFlowDetector needs image_size of at least {MIN_IMAGE_SIZE} px (its quarter-size "
                 f"image must cover one stride-32 cell of EfficientNet-B5); got {size!r}."
@@ -177,7 +192,9 @@ class CSFlowDetector(BaseFlowDetector):
 
     def _make_optimizer(self, params):
         lr, weight_decay = params["learning_rate"], params["weight_decay"]
-        return lambda parameters: torch.optim.Adam(parameters, lr=lr, eps=1e-4, weight_decay=weight_decay)
+        return lambda parameters: torch.optim.Adam(
+            parameters, lr=lr, eps=1e-4, weight_decay=weight_decay, **fused_adam(parameters)
+        )
 
     def _clip_grad_norm(self, params):
         return 1.0

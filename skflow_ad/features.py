@@ -113,7 +113,8 @@ def create_timm_model(model_name, pretrained, **kwargs):
     return model
 
 
-def _freeze(module):
+def freeze(module):
+    """Put ``module`` in eval mode with gradients off; returns it."""
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -141,7 +142,7 @@ class TimmFeaturePyramid(nn.Module):
     def __init__(self, model_name, pretrained, out_indices=(1, 2, 3)):
         super().__init__()
         self.model_name = model_name
-        self.body = _freeze(
+        self.body = freeze(
             create_timm_model(model_name, pretrained, features_only=True, out_indices=out_indices)
         )
         cfg = self.body.pretrained_cfg or {}
@@ -168,7 +169,7 @@ class _CaiTTokenMaps(nn.Module):
         self.blocks = model.blocks[: last_block + 1]
         self.norm = model.norm
         self.grid = self.patch_embed.grid_size
-        _freeze(self)
+        freeze(self)
 
     def forward(self, images):
         if tuple(images.shape[-2:]) != (self.input_size, self.input_size):
@@ -203,7 +204,7 @@ class UserBackbone(nn.Module):
 
     def __init__(self, module):
         super().__init__()
-        self.module = _freeze(module)
+        self.module = freeze(module)
         self.mean = getattr(module, "mean", IMAGENET_MEAN)
         self.std = getattr(module, "std", IMAGENET_STD)
 
@@ -234,7 +235,7 @@ class EfficientNetStage(nn.Module):
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
         self.out_channels = self.blocks[-1][-1].conv_pwl.out_channels
-        _freeze(self)
+        freeze(self)
 
     def forward(self, images):
         return self.blocks(self.stem(images))
@@ -251,11 +252,15 @@ class ImagePyramidFeatures(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.n_scales = n_scales
-        self.mean = trunk.mean
-        self.std = trunk.std
+        self.mean = getattr(trunk, "mean", IMAGENET_MEAN)
+        self.std = getattr(trunk, "std", IMAGENET_STD)
+        out_channels = getattr(trunk, "out_channels", None)
+        if out_channels is None:
+            with torch.no_grad():
+                out_channels = trunk(torch.zeros(1, 3, 64, 64)).shape[1]
         for scale in range(n_scales):
-            self.register_buffer(f"channel_mean_{scale}", torch.zeros(trunk.out_channels))
-            self.register_buffer(f"channel_std_{scale}", torch.ones(trunk.out_channels))
+            self.register_buffer(f"channel_mean_{scale}", torch.zeros(out_channels))
+            self.register_buffer(f"channel_std_{scale}", torch.ones(out_channels))
 
     def calibrate(self, features):
         """Set the per-channel statistics from training features and return them standardised.

@@ -9,6 +9,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .base import BaseFlowDetector
+from .trainer import fused_adam
 from .features import build_uflow_extractor, check_timm_name, default_uflow_image_size
 from .nn._blocks import all_in_one_kwargs
 from .nn.uflow import UFlowNet, uflow_anomaly_map, uflow_nll
@@ -234,7 +235,7 @@ class UFlowDetector(BaseFlowDetector):
 
     def _make_optimizer(self, params):
         lr, weight_decay = params["learning_rate"], params["weight_decay"]
-        return lambda parameters: torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+        return lambda parameters: torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, **fused_adam(parameters))
 
     def _make_scheduler(self, params):
         return lambda optimizer, max_epochs: torch.optim.lr_scheduler.LinearLR(

@@ -356,3 +356,11 @@ def test_state_dict_keys_are_stable_across_builds():
         features = _features()
         for za, zb in zip(a(features)[0], b(features)[0]):
             torch.testing.assert_close(za, zb)
+
+
+def test_log_nfa_map_is_what_the_nfa_mask_thresholds(fitted_uflow, small_images):
+    log_nfa = fitted_uflow.log_nfa_map(small_images[:3])
+    assert log_nfa.shape == (3, 32, 32) and log_nfa.dtype == np.float32
+    for epsilon in (0.0, 1.5, 3.0):
+        det = pickle.loads(pickle.dumps(fitted_uflow)).set_params(nfa_log_epsilon=epsilon)
+        np.testing.assert_array_equal(det.predict_mask(small_images[:3]), log_nfa < epsilon)
