@@ -336,10 +336,13 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         Returns an ``(n, H, W)`` array for array input, a list for a list of images.
         """
         if data.uniform:
-            size = data.sizes[0]
-            return np.concatenate(
-                [compute(latents, ljd, size).cpu().numpy() for _, latents, ljd in self._iter_latents(data)]
-            )
+            size, result = data.sizes[0], None
+            for start, latents, ljd in self._iter_latents(data):
+                batch = compute(latents, ljd, size).cpu().numpy()
+                if result is None:  # filled in place: the peak is the output, not twice it
+                    result = np.empty((len(data), *batch.shape[1:]), dtype=batch.dtype)
+                result[start : start + len(batch)] = batch
+            return result
         outputs = [None] * len(data)
         for start, latents, log_jac_det in self._iter_latents(data):
             batch_sizes = data.sizes[start : start + latents[0].shape[0]]
