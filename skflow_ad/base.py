@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._validation import IMAGES, VECTORS, check_images, input_kind
 from .nn._blocks import seeded
 from .nn.vector import VectorFlow, gaussian_log_likelihood
-from .trainer import FlowTrainer, iter_batches, map_batches, resolve_device, seed_from_random_state
+from .trainer import FlowTrainer, device_available, iter_batches, resolve_device, seed_from_random_state
 
 #: Most pixel values used to learn the pixel threshold (a strided subsample beyond).
 _MAX_THRESHOLD_PIXELS = 2_000_000
@@ -433,7 +433,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         super().__setstate__(state)
         if not isinstance(flow_state, dict):
             return
-        device = self.device_ if _device_available(self.device_) else "cpu"
+        device = self.device_ if device_available(self.device_) else "cpu"
         params = self._fit_params
         if self.input_kind_ == VECTORS:
             flow = VectorFlow(len(self._standardize[0]), seed=self._seed, **self._vector_flow_kwargs(params))
@@ -450,13 +450,3 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
-
-
-def _device_available(device):
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.cuda.is_available()
-    if kind == "mps":
-        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return True
-

@@ -9,7 +9,6 @@ failed download raises :class:`PretrainedWeightsError` saying what to do.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -297,10 +296,6 @@ class ImagePyramidFeatures(nn.Module):
         return maps
 
 
-#: Backbone names U-Flow knows beyond "any timm features_only model".
-UFLOW_BACKBONES = ("mcait", "resnet18", "wide_resnet50_2")
-
-
 def build_uflow_extractor(backbone, pretrained):
     """The frozen U-Flow extractor for ``backbone`` (a name or an ``nn.Module``)."""
     if isinstance(backbone, nn.Module):
@@ -324,7 +319,3 @@ def check_timm_name(backbone):
             f"backbone {backbone!r} is not 'mcait' nor a timm model name "
             f"(see timm.list_models()); e.g. 'resnet18' or 'wide_resnet50_2'."
         )
-
-
-def is_path_like(value):
-    return isinstance(value, (str, os.PathLike))

@@ -25,12 +25,20 @@ def resolve_device(device):
         if mps is not None and mps.is_available():
             return "mps"
         return "cpu"
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='auto' or 'cpu'.")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} was requested but MPS is not available; use device='auto' or 'cpu'.")
+    if not device_available(device):
+        kind = torch.device(device).type.upper()
+        raise ValueError(f"device={device!r} was requested but {kind} is not available; use device='auto' or 'cpu'.")
     return str(torch.device(device))
+
+
+def device_available(device):
+    """Whether torch can run on ``device`` on this machine."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return True
 
 
 def iter_batches(features, batch_size, device, indices=None, dtype=torch.float32):
