@@ -4,11 +4,13 @@ Prints, for U-Flow (resnet18) and CS-Flow:
 
 * torch.profiler's top operators (self CPU time) of one training step of the
   flow on cached features (forward, loss, backward, Adam step);
-* cProfile's top functions (cumulative time) of ``score_samples`` +
-  ``anomaly_map`` on a few images;
+* cProfile's top functions (cumulative time) of
+  ``score_samples_and_anomaly_map`` on a few images;
 * a split of one inference batch into backbone, flow and score/map time;
-* quick what-ifs for the flow step: channels_last memory format and bfloat16
-  autocast (same step, timed against the plain one, interleaved).
+* quick what-ifs for the flow step: channels_last memory format, bfloat16
+  autocast and, for U-Flow, FrEIA's own ``AllInOneBlock`` (permutation as a
+  1x1 convolution) instead of ours (same step, timed against the plain one,
+  interleaved).
 
 Only our package is needed. Example::
 
@@ -60,6 +62,21 @@ def features_of(det, images):
     return det._extract(det.extractor_, check_images(images), det.image_size_, "cpu", det.get_params(deep=False))
 
 
+def build_flow(det, params, features, freia_block=False):
+    """A fresh flow for ``features``; ``freia_block`` builds it with FrEIA's own ``AllInOneBlock``."""
+    import FrEIA.modules as Fm
+
+    import skflow_ad.nn.uflow as uflow_nn
+
+    ours = uflow_nn.AllInOneBlock
+    if freia_block:
+        uflow_nn.AllInOneBlock = Fm.AllInOneBlock
+    try:
+        return det._make_flow(params, [tuple(x.shape[1:]) for x in features], 0)
+    finally:
+        uflow_nn.AllInOneBlock = ours
+
+
 def profile_train(method, det, features, args):
     params = det.get_params(deep=False)
     flow = det._make_flow(params, [tuple(f.shape[1:]) for f in features], 0)
@@ -78,9 +95,12 @@ def profile_train(method, det, features, args):
         "channels_last": dict(memory_format=torch.channels_last),
         "bf16 autocast": dict(autocast=True),
     }
+    if method == "uflow":
+        # Our AllInOneBlock gathers channels for the hard permutation; FrEIA's multiplies by a 0/1 matrix.
+        variants["FrEIA block"] = dict(freia_block=True)
     flows = {}
     for name, kw in variants.items():
-        f = det._make_flow(params, [tuple(x.shape[1:]) for x in features], 0)
+        f = build_flow(det, params, features, freia_block=kw.pop("freia_block", False))
         if "memory_format" in kw:
             f = f.to(memory_format=kw["memory_format"])
         opt = det._make_optimizer(params)([p for p in f.parameters() if p.requires_grad])
@@ -103,12 +123,11 @@ def profile_inference(method, det, images, args):
     det.score_samples(images[:2])  # warm-up
     pr = cProfile.Profile()
     pr.enable()
-    det.score_samples(images)
-    det.anomaly_map(images)
+    det.score_samples_and_anomaly_map(images)
     pr.disable()
     out = io.StringIO()
     pstats.Stats(pr, stream=out).sort_stats("cumulative").print_stats(args.top)
-    print(f"\n## {method}: score_samples + anomaly_map on {len(images)} images, cProfile, top cumulative")
+    print(f"\n## {method}: score_samples_and_anomaly_map on {len(images)} images, cProfile, top cumulative")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
 
     from skflow_ad._validation import check_images

@@ -28,6 +28,7 @@ MODULES = (
     "skflow_ad.datasets",
     "skflow_ad.metrics",
     "skflow_ad.model_selection",
+    "skflow_ad.parallel",
     "skflow_ad.plotting",
     "skflow_ad.nfa",
 )

@@ -48,8 +48,8 @@ def main(argv=None, epochs=5):
         detector = UFlowDetector(backbone="resnet18", pretrained=False, image_size=64, max_epochs=epochs, random_state=0)
         detector.fit(data.X_train)
 
-        anomaly_scores = -detector.score_samples(data.X_test)
-        maps = detector.anomaly_map(data.X_test)
+        scores, maps = detector.score_samples_and_anomaly_map(data.X_test)
+        anomaly_scores = -scores
         print(f"image AUROC {image_auroc(data.y_test, anomaly_scores):.3f}  "
               f"pixel AUROC {pixel_auroc(data.masks_test, maps):.3f}  AUPRO {aupro(data.masks_test, maps):.3f}")
 

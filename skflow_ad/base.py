@@ -25,6 +25,9 @@ from .trainer import FlowTrainer, device_available, iter_batches, resolve_device
 #: Most pixel values used to learn the pixel threshold (a strided subsample beyond).
 _MAX_THRESHOLD_PIXELS = 2_000_000
 
+#: ``feature_cache_dtype="auto"`` keeps cached features in float32 up to this size, float16 beyond.
+_FLOAT32_CACHE_BYTES = 2 * 2**30
+
 
 def _tukey_lower_fence(scores):
     q1, q3 = np.percentile(scores, [25, 75])
@@ -55,6 +58,8 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         "nfa_probability_threshold": [Interval(numbers.Real, 0, 1, closed="neither")],
         "nfa_log_epsilon": [Interval(numbers.Real, None, None, closed="neither")],
         "pixel_quantile": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "feature_cache_dtype": [StrOptions({"auto", "float32", "float16"})],
+        "compile_inference": ["boolean"],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -200,6 +205,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         if kind == IMAGES:
             self.feature_shapes_ = [tuple(f.shape[1:]) for f in features]
+            self.feature_cache_dtype_ = str(features[0].dtype).removeprefix("torch.")
             self.n_channels_ = images.n_channels
             self.image_size_ = working_size
         train_scores, pixel_values = self._training_statistics(features)
@@ -220,16 +226,29 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         return tuple(int(v) for v in size)
 
     def _extract(self, extractor, images, working_size, device, params):
-        """Features of all images, computed once: per-scale CPU tensors ``(n, C, h, w)``."""
-        per_scale = None
+        """Features of all images, computed once: per-scale CPU tensors ``(n, C, h, w)``.
+
+        Stored as ``params["feature_cache_dtype"]``; ``"auto"`` is float32 unless
+        that would exceed ``_FLOAT32_CACHE_BYTES``, float16 then (training
+        converts each batch back to float32).
+        """
+        per_scale, cache_dtype = None, None
         with torch.inference_mode():
             for _, batch in images.batches(self.batch_size, working_size, device):
                 maps = extractor(self._normalize(batch, extractor))
                 if per_scale is None:
                     per_scale = [[] for _ in maps]
+                    cache_dtype = self._cache_dtype(params["feature_cache_dtype"], maps, len(images))
                 for store, m in zip(per_scale, maps):
-                    store.append(m.float().cpu())
+                    store.append(m.to(cache_dtype).cpu())
         return [torch.cat(store) for store in per_scale]
+
+    @staticmethod
+    def _cache_dtype(option, first_maps, n_images):
+        if option != "auto":
+            return getattr(torch, option)
+        float32_bytes = 4 * n_images * sum(m[0].numel() for m in first_maps)
+        return torch.float32 if float32_bytes <= _FLOAT32_CACHE_BYTES else torch.float16
 
     @staticmethod
     def _normalize(batch, extractor):
@@ -279,6 +298,18 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             )
         return images
 
+    def _prediction_modules(self):
+        """``(extractor, flow, compiled)``: the fitted modules, compiled once if asked."""
+        if not self.compile_inference:
+            return self.extractor_, self.flow_, False
+        if getattr(self, "_compiled_modules_", None) is None:
+            # freezing folds the frozen weights as constants (BatchNorm into convolutions,
+            # prepacked kernels); valid because prediction never changes them.
+            self._compiled_modules_ = tuple(
+                torch.compile(module, options={"freezing": True}) for module in (self.extractor_, self.flow_)
+            )
+        return (*self._compiled_modules_, True)
+
     def _iter_latents(self, data):
         """Yield ``(start, latents, log_jac_det)`` batch by batch, in inference mode."""
         with torch.inference_mode():
@@ -289,9 +320,23 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
                     batch = [vectors[start : start + self.batch_size].to(self.device_)]
                     yield start, *self.flow_(batch)
                 return
+            extractor, flow, compiled = self._prediction_modules()
             for start, batch in data.batches(self.batch_size, self.image_size_, self.device_):
-                maps = self.extractor_(self._normalize(batch, self.extractor_))
-                yield start, *self.flow_([m.float() for m in maps])
+                n = len(batch)
+                if compiled and n < self.batch_size:
+                    # One input shape for the compiled graph: pad the last batch (samples are independent).
+                    batch = torch.cat([batch, batch[-1:].expand(self.batch_size - n, -1, -1, -1)])
+                try:
+                    maps = extractor(self._normalize(batch, self.extractor_))
+                    latents, log_jac_det = flow([m.float() for m in maps])
+                except Exception as exc:
+                    if not compiled:
+                        raise
+                    raise RuntimeError(
+                        f"compile_inference=True: torch.compile failed on this machine ({type(exc).__name__}); "
+                        f"set compile_inference=False to predict without compilation."
+                    ) from exc
+                yield start, [z[:n] for z in latents], log_jac_det[:n]
 
     def score_samples(self, X):
         """Normality score of each sample: higher means more normal.
@@ -330,29 +375,33 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"{method} needs a detector fitted on images; this one was fitted on feature vectors.")
         return data
 
-    def _per_image(self, data, compute):
+    def _per_image(self, data, compute, with_scores=False):
         """Apply ``compute(latents, log_jac_det, size) -> (b, H, W)`` at each image's own size.
 
-        Returns an ``(n, H, W)`` array for array input, a list for a list of images.
+        Returns an ``(n, H, W)`` array for array input, a list for a list of
+        images; with ``with_scores``, ``(score_samples, that)`` from the same pass.
         """
-        if data.uniform:
-            size, result = data.sizes[0], None
-            for start, latents, ljd in self._iter_latents(data):
-                batch = compute(latents, ljd, size).cpu().numpy()
-                if result is None:  # filled in place: the peak is the output, not twice it
-                    result = np.empty((len(data), *batch.shape[1:]), dtype=batch.dtype)
-                result[start : start + len(batch)] = batch
-            return result
-        outputs = [None] * len(data)
+        scores = np.empty(len(data)) if with_scores else None
+        uniform_size = data.sizes[0] if data.uniform else None
+        outputs = None if data.uniform else [None] * len(data)
         for start, latents, log_jac_det in self._iter_latents(data):
-            batch_sizes = data.sizes[start : start + latents[0].shape[0]]
+            stop = start + latents[0].shape[0]
+            if with_scores:
+                scores[start:stop] = -self._scores_from_latents(latents, log_jac_det).double().cpu().numpy()
+            if data.uniform:
+                batch = compute(latents, log_jac_det, uniform_size).cpu().numpy()
+                if outputs is None:  # filled in place: the peak is the output, not twice it
+                    outputs = np.empty((len(data), *batch.shape[1:]), dtype=batch.dtype)
+                outputs[start:stop] = batch
+                continue
+            batch_sizes = data.sizes[start:stop]
             for size in dict.fromkeys(batch_sizes):
                 rows = [i for i, s in enumerate(batch_sizes) if s == size]
                 picked = [z[rows] for z in latents]
                 result = compute(picked, log_jac_det[rows], size).cpu().numpy()
                 for row, value in zip(rows, result):
                     outputs[start + row] = value
-        return outputs
+        return (scores, outputs) if with_scores else outputs
 
     def anomaly_map(self, X):
         """Pixel anomaly scores at each input's own resolution (higher = more anomalous).
@@ -363,6 +412,22 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
         """
         data = self._check_images_fitted(X, "anomaly_map")
         return self._per_image(data, lambda lat, ljd, size: self._anomaly_maps(lat, size).float())
+
+    def score_samples_and_anomaly_map(self, X):
+        """``(score_samples(X), anomaly_map(X))`` from one pass of backbone and flow.
+
+        Equal to calling the two methods, at half the cost: use it when both
+        the image scores and the maps are needed.
+
+        Returns
+        -------
+        scores : ndarray of shape (n,), float64
+            Higher means more normal.
+        maps : ndarray of shape (n, H, W), float32, or a list of (H, W) arrays for a list input
+            Higher means more anomalous.
+        """
+        data = self._check_images_fitted(X, "score_samples_and_anomaly_map")
+        return self._per_image(data, lambda lat, ljd, size: self._anomaly_maps(lat, size).float(), with_scores=True)
 
     def log_nfa_map(self, X):
         """log10 of the a-contrario number of false alarms of each pixel (lower = more anomalous).
@@ -421,6 +486,7 @@ class BaseFlowDetector(OutlierMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state = dict(state)
+        state.pop("_compiled_modules_", None)  # compiled graphs do not pickle; rebuilt on first use
         for name in ("flow_", "extractor_"):
             module = state.get(name)
             if isinstance(module, torch.nn.Module):

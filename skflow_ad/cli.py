@@ -736,8 +736,11 @@ def _run_score(args):
         for start in range(0, len(dataset.paths), batch_size):
             batch = slice(start, start + batch_size)
             images = _read_images(dataset.paths[batch], color=color)
-            scores.append(model.score_samples(images))
-            maps = model.anomaly_map(images) if args.heatmaps or evaluate_pixels else None
+            if args.heatmaps or evaluate_pixels:
+                batch_scores, maps = model.score_samples_and_anomaly_map(images)  # one pass for both
+            else:
+                batch_scores, maps = model.score_samples(images), None
+            scores.append(batch_scores)
             masks = model.predict_mask(images, method=args.mask_method) if args.masks else None
             for offset, name in enumerate(names[batch]):
                 index = start + offset

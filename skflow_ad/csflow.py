@@ -70,6 +70,9 @@ class CSFlowDetector(BaseFlowDetector):
         Early stopping, as in :class:`UFlowDetector` (``tol`` in NLL per dimension).
     mask_method, nfa_window_size, nfa_probability_threshold, nfa_log_epsilon, pixel_quantile
         Segmentation, as in :class:`UFlowDetector`.
+    feature_cache_dtype, compile_inference
+        Feature-cache precision and compiled prediction, as in :class:`UFlowDetector`
+        (compilation does not pay for EfficientNet-B5 on a CPU: see the user guide).
     device : str, default="auto"
         ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
     random_state : int, RandomState or None, default=None
@@ -80,7 +83,7 @@ class CSFlowDetector(BaseFlowDetector):
     Attributes
     ----------
     offset_, pixel_threshold_, device_, loss_curve_, validation_loss_curve_, best_loss_, n_iter_,
-    image_size_, n_channels_, feature_shapes_, n_features_in_
+    image_size_, n_channels_, feature_shapes_, feature_cache_dtype_, n_features_in_
         As in :class:`UFlowDetector`.
     """
 
@@ -119,6 +122,8 @@ class CSFlowDetector(BaseFlowDetector):
         nfa_probability_threshold=0.5,
         nfa_log_epsilon=0.0,
         pixel_quantile=0.999,
+        feature_cache_dtype="auto",
+        compile_inference=False,
         device="auto",
         random_state=None,
         verbose=False,
@@ -144,6 +149,8 @@ class CSFlowDetector(BaseFlowDetector):
         self.nfa_probability_threshold = nfa_probability_threshold
         self.nfa_log_epsilon = nfa_log_epsilon
         self.pixel_quantile = pixel_quantile
+        self.feature_cache_dtype = feature_cache_dtype
+        self.compile_inference = compile_inference
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

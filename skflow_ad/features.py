@@ -267,15 +267,17 @@ class ImagePyramidFeatures(nn.Module):
         Parameters
         ----------
         features : list of Tensor
-            Raw per-scale maps ``(n, C, h_s, w_s)`` of the training images.
+            Raw per-scale maps ``(n, C, h_s, w_s)`` of the training images, in
+            any float dtype (returned in the same dtype).
         """
         standardised = []
-        for scale, maps in enumerate(features):
+        for scale, stored in enumerate(features):
+            maps = stored.float()  # statistics in float32 whatever the cache's dtype
             mean = maps.mean(dim=(0, 2, 3))
             std = maps.std(dim=(0, 2, 3)).clamp_min(1e-6 * float(maps.abs().max()) + 1e-12)
             getattr(self, f"channel_mean_{scale}").copy_(mean)
             getattr(self, f"channel_std_{scale}").copy_(std)
-            standardised.append(self._standardise(maps, scale))
+            standardised.append(self._standardise(maps, scale).to(stored.dtype))
         return standardised
 
     def _standardise(self, maps, scale):

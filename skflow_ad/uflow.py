@@ -81,6 +81,16 @@ class UFlowDetector(BaseFlowDetector):
         A pixel is anomalous when log10 NFA < this (0: fewer than one false alarm).
     pixel_quantile : float, default=0.999
         The learned ``pixel_threshold_`` is this quantile of the training maps.
+    feature_cache_dtype : {"auto", "float32", "float16"}, default="auto"
+        Precision of the backbone features cached for training (computed once
+        per fit). ``"auto"``: float32 up to 2 GiB of features, float16 beyond
+        (half the memory; batches are converted back to float32 for the flow).
+    compile_inference : bool, default=False
+        Compile the backbone and the flow with ``torch.compile`` (frozen
+        weights) for prediction. The first prediction call compiles (tens of
+        seconds on a CPU, once per process and fitted model); later calls are
+        faster. Scores are unchanged up to float rounding. Needs a working
+        torch.compile (a C++ compiler on CPU); training is never compiled.
     device : str, default="auto"
         ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
     random_state : int, RandomState or None, default=None
@@ -107,6 +117,8 @@ class UFlowDetector(BaseFlowDetector):
         Working resolution.
     n_channels_ : int
         Channels of the training images.
+    feature_cache_dtype_ : str
+        Precision the training features were cached in (``"float32"`` or ``"float16"``).
     feature_shapes_ : list of (C, h, w)
         Feature maps entering the flow, finest first.
     n_features_in_ : int
@@ -163,6 +175,8 @@ class UFlowDetector(BaseFlowDetector):
         nfa_probability_threshold=0.5,
         nfa_log_epsilon=0.0,
         pixel_quantile=0.999,
+        feature_cache_dtype="auto",
+        compile_inference=False,
         device="auto",
         random_state=None,
         verbose=False,
@@ -192,6 +206,8 @@ class UFlowDetector(BaseFlowDetector):
         self.nfa_probability_threshold = nfa_probability_threshold
         self.nfa_log_epsilon = nfa_log_epsilon
         self.pixel_quantile = pixel_quantile
+        self.feature_cache_dtype = feature_cache_dtype
+        self.compile_inference = compile_inference
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

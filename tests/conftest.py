@@ -20,6 +20,15 @@ def _torch_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One PyTorch thread: tiny models run fastest so, and dask's worker processes use one too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def surfaces():
     """64 px synthetic surfaces: 120 normal training images, 40 + 40 test images."""

@@ -48,19 +48,9 @@ def test_user_guide_has_runnable_blocks():
     assert len(_runnable_blocks(text)) >= 5
 
 
-@pytest.fixture
-def one_torch_thread():
-    # The tiny models of the guide run fastest on one thread, notably on busy machines.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_user_guide_examples_run(tmp_path, monkeypatch, one_torch_thread):
     pytest.importorskip("matplotlib")
+    pytest.importorskip("dask.array")
     monkeypatch.chdir(tmp_path)
     text = (DOCS / "user_guide.md").read_text(encoding="utf-8")
     namespace = {"__name__": "user_guide"}

@@ -15,8 +15,16 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", ["folder_to_deployed_model", "pipeline_from_paths", "nfa_masks", "grid_search_normal_only"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "folder_to_deployed_model", "pipeline_from_paths", "nfa_masks", "grid_search_normal_only",
+        "dask_tuning_and_scoring",
+    ],
+)
 def test_example_runs(name, capsys):
+    if name == "dask_tuning_and_scoring":
+        pytest.importorskip("distributed")
     module = _load(name)
     kwargs = {"argv": []} if name == "folder_to_deployed_model" else {}
     assert module.main(epochs=1, **kwargs) == 0

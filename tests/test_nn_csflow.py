@@ -17,13 +17,7 @@ from skflow_ad.nn.csflow import (
 TINY = dict(hidden_channels=8, n_coupling_blocks=2)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny convolutions run far faster on one thread than with threads fighting over a busy CPU."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions run fastest on one thread
 
 
 def make_features(n_channels, sizes, n=2, dtype=torch.float32, seed=0):

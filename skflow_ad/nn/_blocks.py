@@ -1,10 +1,11 @@
-"""Pieces shared by the FrEIA flows: seeded construction and coupling subnets."""
+"""Pieces shared by the FrEIA flows: seeded construction, the coupling block and its subnets."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 
+import FrEIA.modules as Fm
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +41,46 @@ def freeze_parameter_order(graph, nodes):
     """
     graph.module_list = nn.ModuleList([n.module for n in nodes if getattr(n, "module", None) is not None])
     return graph
+
+
+class AllInOneBlock(Fm.AllInOneBlock):
+    """FrEIA's ``AllInOneBlock`` applying a hard channel permutation by indexing.
+
+    FrEIA applies the permutation after each coupling as a 1x1 convolution
+    (or a linear map) with a 0/1 matrix: ``C**2`` multiply-adds per pixel, as
+    many as a 1x1 coupling subnet's. For a hard permutation
+    (``permute_soft=False``, no learned Householder reflections) gathering the
+    channels gives the same output with no arithmetic. Soft permutations keep
+    FrEIA's matrix product. Parameters and ``state_dict`` are FrEIA's.
+    """
+
+    def __init__(self, dims_in, dims_c=None, **kwargs):
+        super().__init__(dims_in, dims_c=[] if dims_c is None else dims_c, **kwargs)
+        if self._index_permutation():
+            self.permute_function = self._gather_channels
+            # Loaded weights bring their own permutation matrix: re-derive the indices.
+            self.register_load_state_dict_post_hook(AllInOneBlock._reindex_after_load)
+
+    def _index_permutation(self):
+        """Derive the gather indices from ``w_perm``; False when it is not a 0/1 matrix."""
+        if self.w_perm is None:  # Householder permutations are rebuilt from learned vectors at each call
+            return False
+        matrix = self.w_perm.detach().reshape(self.in_channels, self.in_channels)
+        if not bool(((matrix == 0) | (matrix == 1)).all()):
+            return False
+        # conv/linear with w computes out[:, i] = x[:, j] where w[i, j] = 1; w.T inverts it.
+        index = matrix.argmax(1)
+        self.register_buffer("_perm_index", index, persistent=False)
+        self.register_buffer("_perm_inverse_index", torch.argsort(index), persistent=False)
+        return True
+
+    @staticmethod
+    def _reindex_after_load(module, incompatible_keys):
+        module._index_permutation()
+
+    def _gather_channels(self, x, w):
+        index = self._perm_index if w is self.w_perm else self._perm_inverse_index
+        return x.index_select(1, index)
 
 
 class ConvSubnet(nn.Sequential):

@@ -7,7 +7,7 @@ import FrEIA.modules as Fm
 import torch
 from torch import nn
 
-from ._blocks import ConvSubnet, SubnetFactory, freeze_parameter_order, seeded
+from ._blocks import AllInOneBlock, ConvSubnet, SubnetFactory, freeze_parameter_order, seeded
 
 
 def upsampled_channels(channels):
@@ -60,7 +60,7 @@ class UFlowNet(nn.Module):
             for step in range(flow_steps):
                 factory = SubnetFactory(ConvSubnet, kernel_size=3 if step % 2 == 0 else 1, hidden_ratio=ratio)
                 current = Ff.Node(
-                    current, Fm.AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs),
+                    current, AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs),
                     name=f"flow_{scale}_{step}",
                 )
                 nodes.append(current)

@@ -8,7 +8,7 @@ import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 from torch import nn
 
-from ._blocks import MLPSubnet, SubnetFactory, freeze_parameter_order, seeded
+from ._blocks import AllInOneBlock, MLPSubnet, SubnetFactory, freeze_parameter_order, seeded
 
 
 class VectorFlow(nn.Module):
@@ -23,7 +23,7 @@ class VectorFlow(nn.Module):
             for step in range(flow_steps):
                 factory = SubnetFactory(MLPSubnet, hidden_ratio=hidden_ratio)
                 nodes.append(
-                    Ff.Node(nodes[-1], Fm.AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs), name=f"flow_{step}")
+                    Ff.Node(nodes[-1], AllInOneBlock, dict(subnet_constructor=factory, **block_kwargs), name=f"flow_{step}")
                 )
             nodes.append(Ff.OutputNode(nodes[-1], name="latent"))
             self.graph = freeze_parameter_order(Ff.GraphINN(nodes), nodes)
