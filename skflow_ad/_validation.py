@@ -65,14 +65,33 @@ def _check_values(array, name):
         )
 
 
-def _to_channels_last(array, name):
-    """A 4-d batch as ``(n, H, W, C)``, choosing the layout by the rule in the module doc."""
-    if array.shape[-1] in (1, 3):
-        return array
-    if array.shape[1] in (1, 3):
-        return np.moveaxis(array, 1, -1)
+def batch_layout(shape, dtype, name="X"):
+    """Check an image batch by its shape and dtype alone (no values read).
+
+    Returns ``((H, W), n_channels, channels_first)`` by the layout rule of the
+    module doc; raises ``ValueError`` / ``TypeError`` as :func:`check_images`.
+    """
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"{name} has {len(shape)} dimensions (shape {shape}); images must be (n, H, W), "
+            f"(n, H, W, C) or (n, C, H, W)."
+        )
+    if dtype == object:
+        raise TypeError(f"{name} has dtype object; pass a numeric array or a list of arrays.")
+    if shape[0] == 0:
+        raise ValueError(f"{name} contains no images (0 samples).")
+    if 0 in shape[1:]:
+        raise ValueError(f"{name} has an empty image axis: shape {shape}.")
+    _scale_of(dtype, name)
+    if len(shape) == 3:
+        return shape[1:3], 1, False
+    if shape[-1] in (1, 3):
+        return shape[1:3], shape[-1], False
+    if shape[1] in (1, 3):
+        return shape[2:4], shape[1], True
     raise ValueError(
-        f"{name} has shape {array.shape}: 4-d images must be (n, H, W, C) or (n, C, H, W) "
+        f"{name} has shape {shape}: 4-d images must be (n, H, W, C) or (n, C, H, W) "
         f"with C = 1 (gray) or 3 (RGB)."
     )
 
@@ -150,18 +169,8 @@ def check_images(X, name="X"):
         return ImageSet(images, scale, channels.pop(), uniform=False)
 
     array = np.asarray(X)
-    if array.ndim not in (3, 4):
-        raise ValueError(
-            f"{name} has {array.ndim} dimensions (shape {array.shape}); images must be (n, H, W), "
-            f"(n, H, W, C) or (n, C, H, W)."
-        )
-    if array.dtype == object:
-        raise TypeError(f"{name} has dtype object; pass a numeric array or a list of arrays.")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} contains no images (0 samples).")
-    if 0 in array.shape[1:]:
-        raise ValueError(f"{name} has an empty image axis: shape {array.shape}.")
+    _, n_channels, channels_first = batch_layout(array.shape, array.dtype, name)
     scale = _scale_of(array.dtype, name)
-    array = array[..., None] if array.ndim == 3 else _to_channels_last(array, name)
+    array = array[..., None] if array.ndim == 3 else np.moveaxis(array, 1, -1) if channels_first else array
     _check_values(array, name)
-    return ImageSet(array, scale, array.shape[-1], uniform=True)
+    return ImageSet(array, scale, n_channels, uniform=True)

@@ -24,7 +24,7 @@ import os
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import IMAGES, _scale_of
+from ._validation import IMAGES, batch_layout
 from .datasets import _check_image_size, _check_paths, _describe_size, load_images
 
 __all__ = ["score_partitions"]
@@ -51,29 +51,6 @@ def _is_path_sequence(images):
     if isinstance(images, np.ndarray):
         return images.dtype.kind in "OUS" and images.ndim == 1
     return isinstance(images, (list, tuple)) and all(_is_path(item) for item in images)
-
-
-def _array_layout(shape, dtype):
-    """``(H, W)`` and channel count of an image batch of ``shape``, by the rule of ``check_images``."""
-    _scale_of(np.dtype(dtype), "images")
-    if len(shape) not in (3, 4):
-        raise ValueError(
-            f"images has {len(shape)} dimensions (shape {shape}); pass images (n, H, W), (n, H, W, C) or "
-            f"(n, C, H, W), a dask array of those, or a sequence of image file paths."
-        )
-    if shape[0] == 0:
-        raise ValueError("images contains no images (0 samples).")
-    if 0 in shape[1:]:
-        raise ValueError(f"images has an empty image axis: shape {shape}.")
-    if len(shape) == 3:
-        return tuple(shape[1:3]), 1
-    if shape[-1] in (1, 3):
-        return tuple(shape[1:3]), shape[-1]
-    if shape[1] in (1, 3):
-        return tuple(shape[2:4]), shape[1]
-    raise ValueError(
-        f"images has shape {shape}: 4-d images must be (n, H, W, C) or (n, C, H, W) with C = 1 (gray) or 3 (RGB)."
-    )
 
 
 def _check_channels(estimator, n_channels):
@@ -274,7 +251,7 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
             raise ValueError("image_size and color apply to image file paths only; leave them None for arrays.")
         if not isinstance(images, da.Array):
             images = np.asarray(images)
-        map_size, n_channels = _array_layout(images.shape, images.dtype)
+        map_size, n_channels, _ = batch_layout(images.shape, images.dtype, name="images")
         _check_channels(estimator, n_channels)
         chunks = (partition_size, *images.shape[1:])
         partitions = images.rechunk(chunks) if isinstance(images, da.Array) else da.from_array(images, chunks=chunks)
