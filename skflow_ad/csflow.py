@@ -8,13 +8,17 @@ import numbers
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._validation import check_image_size
 from .base import BaseFlowDetector
-from .trainer import fused_adam
 from .features import EfficientNetStage, ImagePyramidFeatures, freeze
-from .nn.csflow import CrossScaleFlow, csflow_anomaly_map, csflow_anomaly_score, csflow_nll
+from .nn.csflow import CrossScaleFlow, CSFlowHead, csflow_anomaly_score, csflow_nll
+from .trainer import TrainingRecipe, fused_adam
 
 #: The quarter-size image must cover at least one stride-32 cell of EfficientNet-B5.
 MIN_IMAGE_SIZE = 128
+
+#: The paper's working resolution, what ``image_size=None`` means.
+PAPER_IMAGE_SIZE = 768
 
 
 class CSFlowDetector(BaseFlowDetector):
@@ -41,8 +45,9 @@ class CSFlowDetector(BaseFlowDetector):
     pretrained : bool or path, default=True
         ImageNet weights of ``tf_efficientnet_b5`` (downloaded by timm), random
         weights (``False``), or a local state-dict file.
-    image_size : int or (int, int), default=768
-        Working resolution (the paper's 768 px); at least 128 with EfficientNet-B5.
+    image_size : int, (int, int) or None, default=768
+        Working resolution (the paper's 768 px; None means 768); at least 128
+        with EfficientNet-B5.
     n_coupling_blocks : int, default=4
         Cross-scale coupling blocks, each preceded by a fixed random channel
         permutation per scale.
@@ -68,8 +73,10 @@ class CSFlowDetector(BaseFlowDetector):
         Upper bound on training epochs (early stopping usually ends sooner).
     validation_fraction, n_iter_no_change, tol
         Early stopping, as in :class:`UFlowDetector` (``tol`` in NLL per dimension).
-    mask_method, nfa_window_size, nfa_probability_threshold, nfa_log_epsilon, pixel_quantile
-        Segmentation, as in :class:`UFlowDetector`.
+    mask_method, nfa_window_size, nfa_probability_threshold, nfa_high_precision, nfa_log_epsilon, min_region_area, pixel_quantile
+        Segmentation, as in :class:`UFlowDetector`. The NFA tests are U-Flow's,
+        applied to CS-Flow's latents (an extension of the paper: they are
+        standard normal under the model as well).
     feature_cache_dtype, compile_inference
         Feature-cache precision and compiled prediction, as in :class:`UFlowDetector`
         (compilation does not pay for EfficientNet-B5 on a CPU: see the user guide).
@@ -117,10 +124,12 @@ class CSFlowDetector(BaseFlowDetector):
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
-        mask_method="nfa",
-        nfa_window_size=7,
-        nfa_probability_threshold=0.5,
+        mask_method="tree_nfa",
+        nfa_window_size=5,
+        nfa_probability_threshold=0.9,
+        nfa_high_precision=False,
         nfa_log_epsilon=0.0,
+        min_region_area=1,
         pixel_quantile=0.999,
         feature_cache_dtype="auto",
         compile_inference=False,
@@ -147,7 +156,9 @@ class CSFlowDetector(BaseFlowDetector):
         self.mask_method = mask_method
         self.nfa_window_size = nfa_window_size
         self.nfa_probability_threshold = nfa_probability_threshold
+        self.nfa_high_precision = nfa_high_precision
         self.nfa_log_epsilon = nfa_log_epsilon
+        self.min_region_area = min_region_area
         self.pixel_quantile = pixel_quantile
         self.feature_cache_dtype = feature_cache_dtype
         self.compile_inference = compile_inference
@@ -164,21 +175,18 @@ class CSFlowDetector(BaseFlowDetector):
             trunk = EfficientNetStage(pretrained)
         return ImagePyramidFeatures(trunk, n_scales=3)
 
-    def _calibrate(self, extractor, features):
-        # Random or unusual backbones give features far from unit scale (about 1e-3 for a
-        # random EfficientNet): a fixed per-channel standardisation, learned from the
-        # training features, puts the flow's input where its initialisation expects it.
-        return extractor.calibrate(features)
-
     def _working_size(self, params):
-        size = params["image_size"]
-        pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-        if isinstance(params["backbone"], str) and min(pair) < MIN_IMAGE_SIZE:
+        size = check_image_size(PAPER_IMAGE_SIZE if params["image_size"] is None else params["image_size"])
+        if isinstance(params["backbone"], str) and min(size) < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"CSFlowDetector needs image_size of at least {MIN_IMAGE_SIZE} px (its quarter-size "
-                f"image must cover one stride-32 cell of EfficientNet-B5); got {size!r}."
+                f"image must cover one stride-32 cell of EfficientNet-B5); got {params['image_size']!r}."
             )
-        return pair
+        return size
+
+    def _check_feature_shapes(self, shapes, working_size, extractor):
+        if any(c < 2 for c, _, _ in shapes):
+            raise ValueError(f"CS-Flow's coupling blocks need at least 2 feature channels; got shapes {shapes}.")
 
     def _make_flow(self, params, feature_shapes, seed):
         kernel_sizes = params["kernel_sizes"]
@@ -188,30 +196,23 @@ class CSFlowDetector(BaseFlowDetector):
             clamp=params["clamp"], kernel_sizes=None if kernel_sizes is None else tuple(kernel_sizes), seed=seed,
         )
 
+    def _make_head(self, params, working_size):
+        # The fit-time map mode: pixel_threshold_ was learned on maps of that mode.
+        return CSFlowHead(working_size, params["map_mode"])
+
     def _vector_flow_kwargs(self, params):
         return dict(flow_steps=params["n_coupling_blocks"], block_kwargs=dict(affine_clamping=params["clamp"]))
 
-    def _nll(self, latents, log_jac_det):
-        return csflow_nll(latents, log_jac_det)
-
-    def _nll_per_dim(self, latent_shapes):
-        return 1.0  # csflow_nll is already per dimension
-
-    def _make_optimizer(self, params):
+    def _training_recipe(self, params, feature_shapes):
         lr, weight_decay = params["learning_rate"], params["weight_decay"]
-        return lambda parameters: torch.optim.Adam(
-            parameters, lr=lr, eps=1e-4, weight_decay=weight_decay, **fused_adam(parameters)
+        return TrainingRecipe(
+            loss=csflow_nll,  # already per latent dimension
+            make_optimizer=lambda parameters: torch.optim.Adam(
+                parameters, lr=lr, eps=1e-4, weight_decay=weight_decay, **fused_adam(parameters)
+            ),
+            clip_grad_norm=1.0,
+            divergence_advice="Lower learning_rate or clamp.",
         )
-
-    def _clip_grad_norm(self, params):
-        return 1.0
-
-    def _image_anomaly_scores(self, latents, working_size):
-        return csflow_anomaly_score(latents)
 
     def _vector_anomaly_scores(self, latents, log_jac_det):
         return csflow_anomaly_score(latents)
-
-    def _anomaly_maps(self, latents, output_size):
-        # The fit-time mode: pixel_threshold_ was learned on maps of that mode.
-        return csflow_anomaly_map(latents, output_size, mode=self._fit_params["map_mode"])

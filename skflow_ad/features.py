@@ -1,7 +1,19 @@
 """Frozen feature extractors: images ``(n, 3, H, W)`` to lists of feature maps.
 
-Every extractor is an ``nn.Module`` in eval mode with gradients disabled whose
-``forward`` returns a list of maps ``(n, C_s, h_s, w_s)``, finest scale first.
+The contract of an extractor (:class:`FeatureExtractor`), which the detectors
+rely on:
+
+- it is an ``nn.Module`` in eval mode with gradients disabled;
+- ``mean`` and ``std`` (3-tuples) say how it wants its input normalised:
+  images in [0, 1] become ``(images - mean) / std`` before ``forward``;
+- ``feature_shapes(working_size)`` says the ``(C, h, w)`` of every map it
+  returns for images of that size, finest first, *before* any image is
+  processed, so that a working size the flow cannot use fails at once (as
+  timm's ``feature_info`` does for its models); ``strides`` gives the
+  downsampling factor of each map when it is fixed (None otherwise);
+- ``forward(images)`` returns the list of maps ``(n, C_s, h_s, w_s)``,
+  finest scale first, of those shapes.
+
 Extractors are built without network access when ``pretrained`` is ``False`` or
 a local file; with ``pretrained=True`` timm downloads ImageNet weights and a
 failed download raises :class:`PretrainedWeightsError` saying what to do.
@@ -9,6 +21,7 @@ failed download raises :class:`PretrainedWeightsError` saying what to do.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -112,6 +125,59 @@ def create_timm_model(model_name, pretrained, **kwargs):
     return model
 
 
+def _ceil_div(size, stride):
+    return -(-size // stride)
+
+
+def probe_feature_shapes(module, working_size):
+    """``(C, h, w)`` of each map ``module`` returns for one blank image of ``working_size``.
+
+    For modules that do not declare their shapes: one forward pass of a single
+    zero image, on the module's device, before any real image is processed.
+    """
+    parameter = next(iter(module.parameters()), None)
+    device = parameter.device if parameter is not None else "cpu"
+    with torch.inference_mode():
+        maps = module(torch.zeros(1, 3, *working_size, device=device))
+    if isinstance(maps, torch.Tensor):
+        maps = [maps]
+    return [tuple(int(v) for v in m.shape[1:]) for m in maps]
+
+
+class FeatureExtractor(nn.Module):
+    """Base class of the frozen extractors: the contract of the module docstring.
+
+    Subclasses set ``mean``, ``std`` and ``strides`` and implement
+    ``forward``; ``feature_shapes`` defaults to a probe with one blank image
+    (:func:`probe_feature_shapes`) and should be overridden with the declared
+    shapes when they are known.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    #: Downsampling factor of each returned map, finest first, or None when not fixed.
+    strides = None
+
+    def feature_shapes(self, working_size):
+        """``[(C, h, w), ...]`` of the maps for images of ``working_size = (H, W)``, finest first."""
+        return probe_feature_shapes(self, tuple(working_size))
+
+    def calibrate(self, features):
+        """Fit a fixed normalisation of the features on the training features; identity by default.
+
+        Parameters
+        ----------
+        features : list of Tensor
+            Per-scale training features ``(n, C_s, h_s, w_s)`` as ``forward`` returned them.
+
+        Returns
+        -------
+        list of Tensor
+            The features as ``forward`` returns them from now on.
+        """
+        return features
+
+
 def freeze(module):
     """Put ``module`` in eval mode with gradients off; returns it."""
     module.eval()
@@ -125,7 +191,7 @@ def _per_scale_norm(maps):
     return [F.layer_norm(m, m.shape[1:]) for m in maps]
 
 
-class TimmFeaturePyramid(nn.Module):
+class TimmFeaturePyramid(FeatureExtractor):
     """Maps of a timm CNN at three strides (ResNet: layer1-layer3), layer-normed.
 
     Parameters
@@ -147,6 +213,13 @@ class TimmFeaturePyramid(nn.Module):
         cfg = self.body.pretrained_cfg or {}
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.channels = tuple(self.body.feature_info.channels())
+        self.strides = tuple(self.body.feature_info.reduction())
+
+    def feature_shapes(self, working_size):
+        """Declared by timm's ``feature_info``: ``(C_s, ceil(H / r_s), ceil(W / r_s))``."""
+        height, width = working_size
+        return [(c, _ceil_div(height, r), _ceil_div(width, r)) for c, r in zip(self.channels, self.strides)]
 
     def forward(self, images):
         """``(n, 3, H, W)`` normalized images -> list of ``(n, C_s, H/r_s, W/r_s)``."""
@@ -180,10 +253,11 @@ class _CaiTTokenMaps(nn.Module):
         return tokens.transpose(1, 2).reshape(n, dim, *self.grid)
 
 
-class MultiScaleCaiT(nn.Module):
+class MultiScaleCaiT(FeatureExtractor):
     """The U-Flow paper's extractor: CaiT-M48 at 448 px and CaiT-S24 at 224 px.
 
-    Returns two maps, ``(n, 768, 28, 28)`` and ``(n, 384, 14, 14)``.
+    Returns two maps, ``(n, 768, 28, 28)`` and ``(n, 384, 14, 14)``, whatever
+    the working size (each CaiT resizes its input to its own size).
     """
 
     def __init__(self, pretrained, models=MCAIT_MODELS):
@@ -194,18 +268,30 @@ class MultiScaleCaiT(nn.Module):
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
 
+    def feature_shapes(self, working_size):
+        """Fixed token grids: ``(embed_dim, grid_h, grid_w)`` per CaiT."""
+        return [(int(m.pos_embed.shape[-1]), *(int(g) for g in m.grid)) for m in self.models]
+
     def forward(self, images):
         return [model(images) for model in self.models]
 
 
-class UserBackbone(nn.Module):
-    """Wrap a user's module returning a list of maps; sorted finest first, frozen."""
+class UserBackbone(FeatureExtractor):
+    """Wrap a user's module returning a list of maps; sorted finest first, frozen.
+
+    The module may declare ``mean`` and ``std`` (its input normalisation,
+    ImageNet's by default); its feature shapes are probed with one blank image
+    before training (:func:`probe_feature_shapes`).
+    """
 
     def __init__(self, module):
         super().__init__()
         self.module = freeze(module)
-        self.mean = getattr(module, "mean", IMAGENET_MEAN)
-        self.std = getattr(module, "std", IMAGENET_STD)
+        self.mean = tuple(getattr(module, "mean", IMAGENET_MEAN))
+        self.std = tuple(getattr(module, "std", IMAGENET_STD))
+
+    def feature_shapes(self, working_size):
+        return sorted(probe_feature_shapes(self.module, tuple(working_size)), key=lambda s: -s[1] * s[2])
 
     def forward(self, images):
         maps = self.module(images)
@@ -234,13 +320,17 @@ class EfficientNetStage(nn.Module):
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
         self.out_channels = self.blocks[-1][-1].conv_pwl.out_channels
+        # Each stage's first block downsamples by its stride ("same" padding: ceil).
+        self.stride = 2 * math.prod(
+            block[0].conv_dw.stride[0] if hasattr(block[0], "conv_dw") else 1 for block in self.blocks
+        )
         freeze(self)
 
     def forward(self, images):
         return self.blocks(self.stem(images))
 
 
-class ImagePyramidFeatures(nn.Module):
+class ImagePyramidFeatures(FeatureExtractor):
     """One CNN applied to the image at full, half and quarter size (CS-Flow).
 
     Returns ``n_scales`` maps, finest (full image) first, each standardised
@@ -280,20 +370,28 @@ class ImagePyramidFeatures(nn.Module):
             standardised.append(self._standardise(maps, scale).to(stored.dtype))
         return standardised
 
+    def pyramid_sizes(self, working_size):
+        """``(h, w)`` of the image at each scale: the working size halved ``s`` times (floored)."""
+        height, width = working_size
+        return [(height // 2**scale, width // 2**scale) for scale in range(self.n_scales)]
+
+    def feature_shapes(self, working_size):
+        """Declared from the trunk's ``stride`` and ``out_channels`` when it has them, else probed."""
+        stride = getattr(self.trunk, "stride", None)
+        channels = getattr(self.trunk, "out_channels", None)
+        if stride is None or channels is None:
+            return [probe_feature_shapes(self.trunk, size)[0] for size in self.pyramid_sizes(working_size)]
+        return [(channels, _ceil_div(h, stride), _ceil_div(w, stride)) for h, w in self.pyramid_sizes(working_size)]
+
     def _standardise(self, maps, scale):
         mean = getattr(self, f"channel_mean_{scale}").to(maps.device).view(1, -1, 1, 1)
         std = getattr(self, f"channel_std_{scale}").to(maps.device).view(1, -1, 1, 1)
         return (maps - mean) / std
 
     def forward(self, images):
-        height, width = images.shape[-2:]
         maps = []
-        for scale in range(self.n_scales):
-            if scale:
-                size = (height // 2**scale, width // 2**scale)
-                images_s = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            else:
-                images_s = images
+        for scale, size in enumerate(self.pyramid_sizes(images.shape[-2:])):
+            images_s = F.interpolate(images, size=size, mode="bilinear", align_corners=False) if scale else images
             maps.append(self._standardise(self.trunk(images_s), scale))
         return maps
 

@@ -394,3 +394,37 @@ def _log_nfa_reference(latents, output_size, *, window_size=7, probability_thres
                 log10_probability, output_size
             )
     return result + np.log10(n_tests)
+
+
+# --- TEMPORARY: statistics-based entry points; replaced by the nfa branch. ---
+def chi2_threshold(probability_threshold):
+    return float(chi2.ppf(probability_threshold, df=1))
+
+
+def block_log_nfa(exceedance_counts, n_channels, output_size, *, window_size=5, probability_threshold=0.9,
+                  high_precision=False):
+    output_size = _validate_output_size(output_size)
+    p_exceed = 1.0 - probability_threshold
+    counts = [torch.as_tensor(np.asarray(c), dtype=torch.int64) for c in exceedance_counts]
+    total = torch.zeros((counts[0].shape[0], 1, *output_size), dtype=torch.float32)
+    n_tests = 0
+    for scale, (c, channels) in enumerate(zip(counts, n_channels)):
+        n_tests += c.shape[1] * c.shape[2]
+        half_width = _window_half_width(window_size, scale)
+        n_trials = (2 * half_width + 1) ** 2
+        floor_k = torch.div(_box_sum_reflect(c, half_width), channels, rounding_mode="floor")
+        table = torch.tensor(_log10_binomial_tail_table(n_trials, p_exceed), dtype=torch.float32)
+        total += F.interpolate(table[floor_k].unsqueeze(1), size=output_size, mode="bilinear", align_corners=False)
+    return (total[:, 0] + math.log10(n_tests)).numpy()
+
+
+def tree_log_nfa(energies, n_channels, output_size):
+    output_size = _validate_output_size(output_size)
+    total = None
+    n_tests = sum(e.shape[1] * e.shape[2] for e in energies)
+    for e, channels in zip(energies, n_channels):
+        log_p = chi2.logsf(np.asarray(e, dtype=np.float64), df=channels) / np.log(10.0)
+        up = F.interpolate(torch.as_tensor(log_p, dtype=torch.float32)[:, None], size=output_size, mode="bilinear",
+                           align_corners=False)[:, 0]
+        total = up if total is None else torch.minimum(total, up)
+    return (total + math.log10(n_tests)).numpy()

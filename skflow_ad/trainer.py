@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -77,56 +78,82 @@ class TrainingResult:
     stopped_early: bool = False
 
 
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How a detector's flow is trained: the loss and the optimisation, in one place.
+
+    Attributes
+    ----------
+    loss : callable
+        ``loss(latents, log_jac_det) -> (n,)`` per-sample negative log-likelihood;
+        the training loss is its batch mean.
+    make_optimizer : callable
+        ``make_optimizer(parameters) -> torch.optim.Optimizer``.
+    make_scheduler : callable or None
+        ``make_scheduler(optimizer, max_epochs) -> scheduler``, stepped once per epoch.
+    clip_grad_norm : float or None
+        Gradient-norm clipping threshold.
+    report_scale : float
+        Factor turning ``loss`` into NLL per latent dimension, for the loss
+        curves and the stopping rule (the optimised loss is unscaled).
+    divergence_advice : str
+        What the user should change when training diverges (names the
+        detector's own parameters), ending the ``FloatingPointError`` message.
+    """
+
+    loss: Callable
+    make_optimizer: Callable
+    make_scheduler: Optional[Callable] = None
+    clip_grad_norm: Optional[float] = None
+    report_scale: float = 1.0
+    divergence_advice: str = "Lower learning_rate."
+
+    def diverged(self, what):
+        """The ``FloatingPointError`` for a non-finite ``what`` (e.g. "the loss is inf at epoch 3")."""
+        return FloatingPointError(f"training diverged: {what}. {self.divergence_advice}")
+
+
 class FlowTrainer:
     """Maximum-likelihood training of a flow on features computed once.
 
     Parameters
     ----------
-    loss : callable
-        ``loss(latents, log_jac_det) -> (n,)`` per-sample negative log-likelihood.
-    make_optimizer : callable
-        ``make_optimizer(parameters) -> torch.optim.Optimizer``.
-    make_scheduler : callable or None
-        ``make_scheduler(optimizer, max_epochs) -> scheduler`` stepped once per epoch.
+    recipe : TrainingRecipe
+        Loss, optimiser, schedule and clipping.
     batch_size, max_epochs : int
     validation_fraction : float
         Share of the rows held out to monitor the NLL; 0 monitors the training loss.
     n_iter_no_change : int
         Epochs without an improvement of at least ``tol`` before stopping.
     tol : float
-    clip_grad_norm : float or None
-        Gradient-norm clipping threshold.
     device : str
     seed : int
         Seeds the split and the shuffling.
     verbose : bool
         Show a progress bar over epochs.
-    report_scale : float
-        Factor applied to the loss in the curves and the stopping rule (e.g.
-        one over the latent size, for a loss per dimension); the optimised loss
-        is unscaled.
     dtype : torch.dtype
         Precision of the flow and of the batches.
+
+    Raises
+    ------
+    FloatingPointError
+        From :meth:`fit`, when a training batch loss or a monitored loss is
+        not finite (the message ends with the recipe's ``divergence_advice``).
     """
 
     def __init__(
-        self, loss, make_optimizer, make_scheduler=None, *, batch_size=32, max_epochs=100,
-        validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, clip_grad_norm=None,
-        device="cpu", seed=0, verbose=False, report_scale=1.0, dtype=torch.float32,
+        self, recipe, *, batch_size=32, max_epochs=100, validation_fraction=0.1, n_iter_no_change=10,
+        tol=1e-4, device="cpu", seed=0, verbose=False, dtype=torch.float32,
     ):
-        self.loss = loss
-        self.make_optimizer = make_optimizer
-        self.make_scheduler = make_scheduler
+        self.recipe = recipe
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
-        self.clip_grad_norm = clip_grad_norm
         self.device = device
         self.seed = seed
         self.verbose = verbose
-        self.report_scale = report_scale
         self.dtype = dtype
 
     def split(self, n_samples):
@@ -142,10 +169,11 @@ class FlowTrainer:
         """Train ``flow`` in place on ``features`` (list of ``(n, ...)`` tensors)."""
         from tqdm.auto import tqdm
 
+        recipe = self.recipe
         flow.to(self.device, self.dtype)
         train_rows, val_rows = self.split(features[0].shape[0])
-        optimizer = self.make_optimizer([p for p in flow.parameters() if p.requires_grad])
-        scheduler = self.make_scheduler(optimizer, self.max_epochs) if self.make_scheduler else None
+        optimizer = recipe.make_optimizer([p for p in flow.parameters() if p.requires_grad])
+        scheduler = recipe.make_scheduler(optimizer, self.max_epochs) if recipe.make_scheduler else None
         generator = torch.Generator().manual_seed(self.seed + 1)
         result = TrainingResult()
         best_state, no_improvement = None, 0
@@ -156,18 +184,15 @@ class FlowTrainer:
             total, count = 0.0, 0
             for batch in iter_batches(features, self.batch_size, self.device, order, self.dtype):
                 latents, log_jac_det = flow(batch)
-                loss = self.loss(latents, log_jac_det).mean()
+                loss = recipe.loss(latents, log_jac_det).mean()
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}. "
-                        f"Lower the learning rate or the affine clamp."
-                    )
+                    raise recipe.diverged(f"the training loss is {loss.item()} at epoch {epoch + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad_norm)
+                if recipe.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(flow.parameters(), recipe.clip_grad_norm)
                 optimizer.step()
-                total += loss.item() * self.report_scale * batch[0].shape[0]
+                total += loss.item() * recipe.report_scale * batch[0].shape[0]
                 count += batch[0].shape[0]
             if scheduler is not None:
                 scheduler.step()
@@ -176,6 +201,8 @@ class FlowTrainer:
             if len(val_rows):
                 monitored = self.mean_loss(flow, [f[val_rows] for f in features])
                 result.validation_loss_curve.append(monitored)
+                if not math.isfinite(monitored):
+                    raise recipe.diverged(f"the validation loss is {monitored} at epoch {epoch + 1}")
             else:
                 monitored = result.loss_curve[-1]
             progress.set_postfix(loss=f"{result.loss_curve[-1]:.4g}", monitored=f"{monitored:.4g}")
@@ -200,9 +227,9 @@ class FlowTrainer:
     def mean_loss(self, flow, features):
         """Mean per-sample loss of ``flow`` over ``features``, without gradients."""
         flow.eval()
-        losses = map_batches(lambda b: self.loss(*flow(b)), features, self.batch_size, self.device, self.dtype)
+        losses = map_batches(lambda b: self.recipe.loss(*flow(b)), features, self.batch_size, self.device, self.dtype)
         flow.train()
-        return float(losses.double().mean()) * self.report_scale
+        return float(losses.double().mean()) * self.recipe.report_scale
 
 
 def fused_adam(parameters):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .base import BaseFlowDetector
-from .trainer import fused_adam
 from .features import build_uflow_extractor, check_timm_name, default_uflow_image_size
 from .nn._blocks import all_in_one_kwargs
-from .nn.uflow import UFlowNet, uflow_anomaly_map, uflow_nll
+from .nn.uflow import UFlowHead, UFlowNet, check_uflow_shapes, uflow_nll
+from .trainer import TrainingRecipe, fused_adam
 
 
 class UFlowDetector(BaseFlowDetector):
@@ -70,15 +71,25 @@ class UFlowDetector(BaseFlowDetector):
         Epochs without an improvement of at least ``tol`` before stopping.
     tol : float, default=1e-4
         In NLL per latent dimension.
-    mask_method : {"nfa", "threshold"}, default="nfa"
-        Default method of ``predict_mask``.
-    nfa_window_size : int, default=7
-        Window of the binomial test at the finest scale (halved per scale).
-    nfa_probability_threshold : float, default=0.5
-        Latent values count as candidates above the chi-square(1) quantile
-        of this probability.
+    mask_method : {"tree_nfa", "block_nfa", "threshold"}, default="tree_nfa"
+        Default method of ``predict_mask`` and ``predict_regions``: the
+        a-contrario test on the level sets of the latent energy (the current
+        U-Flow paper), the a-contrario test on windows of the latents (its
+        first version), or the learned ``pixel_threshold_``.
+    nfa_window_size : int, default=5
+        ``"block_nfa"``: window of the binomial test at the finest scale
+        (halved per scale); 5 as the authors ran it.
+    nfa_probability_threshold : float, default=0.9
+        ``"block_nfa"``: latent values count as candidates above the
+        chi-square(1) quantile of this probability; 0.9 as the authors ran it.
+    nfa_high_precision : bool, default=False
+        ``"block_nfa"``: compute the binomial tails exactly below the smallest
+        double (slower; changes only extremely significant pixels).
     nfa_log_epsilon : float, default=0.0
-        A pixel is anomalous when log10 NFA < this (0: fewer than one false alarm).
+        NFA methods: a pixel is anomalous when log10 NFA < this (0: fewer
+        than one false alarm expected per image).
+    min_region_area : int, default=1
+        Masks and regions drop connected regions smaller than this many pixels.
     pixel_quantile : float, default=0.999
         The learned ``pixel_threshold_`` is this quantile of the training maps.
     feature_cache_dtype : {"auto", "float32", "float16"}, default="auto"
@@ -170,10 +181,12 @@ class UFlowDetector(BaseFlowDetector):
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
-        mask_method="nfa",
-        nfa_window_size=7,
-        nfa_probability_threshold=0.5,
+        mask_method="tree_nfa",
+        nfa_window_size=5,
+        nfa_probability_threshold=0.9,
+        nfa_high_precision=False,
         nfa_log_epsilon=0.0,
+        min_region_area=1,
         pixel_quantile=0.999,
         feature_cache_dtype="auto",
         compile_inference=False,
@@ -204,7 +217,9 @@ class UFlowDetector(BaseFlowDetector):
         self.mask_method = mask_method
         self.nfa_window_size = nfa_window_size
         self.nfa_probability_threshold = nfa_probability_threshold
+        self.nfa_high_precision = nfa_high_precision
         self.nfa_log_epsilon = nfa_log_epsilon
+        self.min_region_area = min_region_area
         self.pixel_quantile = pixel_quantile
         self.feature_cache_dtype = feature_cache_dtype
         self.compile_inference = compile_inference
@@ -225,6 +240,19 @@ class UFlowDetector(BaseFlowDetector):
         size = params["image_size"]
         return default_uflow_image_size(params["backbone"]) if size is None else size
 
+    def _check_feature_shapes(self, shapes, working_size, extractor):
+        strides = getattr(extractor, "strides", None)
+        if strides:
+            coarsest = max(strides)
+            if working_size[0] % coarsest or working_size[1] % coarsest:
+                nearest = tuple(max(coarsest, round(side / coarsest) * coarsest) for side in working_size)
+                raise ValueError(
+                    f"image_size {working_size} does not suit the backbone: U-Flow needs height and width "
+                    f"divisible by its coarsest stride {coarsest}, so that each feature map is exactly half "
+                    f"the size of the previous one; e.g. image_size={nearest}."
+                )
+        check_uflow_shapes(shapes)
+
     @staticmethod
     def _block_kwargs(params):
         return all_in_one_kwargs(
@@ -240,26 +268,25 @@ class UFlowDetector(BaseFlowDetector):
             block_kwargs=self._block_kwargs(params), seed=seed,
         )
 
+    def _make_head(self, params, working_size):
+        return UFlowHead(working_size)
+
     def _vector_flow_kwargs(self, params):
         return dict(
             flow_steps=params["flow_steps"], hidden_ratio=params["affine_subnet_channels_ratio"],
             block_kwargs=self._block_kwargs(params),
         )
 
-    def _nll(self, latents, log_jac_det):
-        return uflow_nll(latents, log_jac_det)
-
-    def _make_optimizer(self, params):
+    def _training_recipe(self, params, feature_shapes):
         lr, weight_decay = params["learning_rate"], params["weight_decay"]
-        return lambda parameters: torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, **fused_adam(parameters))
-
-    def _make_scheduler(self, params):
-        return lambda optimizer, max_epochs: torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0, end_factor=0.4, total_iters=max_epochs
+        return TrainingRecipe(
+            loss=uflow_nll,
+            make_optimizer=lambda parameters: torch.optim.Adam(
+                parameters, lr=lr, weight_decay=weight_decay, **fused_adam(parameters)
+            ),
+            make_scheduler=lambda optimizer, max_epochs: torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0, end_factor=0.4, total_iters=max_epochs
+            ),
+            report_scale=1.0 / sum(math.prod(shape) for shape in feature_shapes),
+            divergence_advice="Lower learning_rate or affine_clamp.",
         )
-
-    def _image_anomaly_scores(self, latents, working_size):
-        return uflow_anomaly_map(latents, working_size).flatten(1).amax(1)
-
-    def _anomaly_maps(self, latents, output_size):
-        return uflow_anomaly_map(latents, output_size)

@@ -47,18 +47,15 @@ def test_three_scales_of_efficientnet_b5_stage_6(fitted):
 
 def test_features_are_standardised_on_the_training_set(fitted, images):
     # the per-channel statistics are learned once at fit time and kept with the model
-    data = fitted._check_input(images)
-    with torch.inference_mode():
-        batch = next(data.batches(len(images), fitted.image_size_, "cpu"))[1]
-        maps = fitted.extractor_(fitted._normalize(batch, fitted.extractor_))
+    maps = fitted.extract_features(images)
     for m in maps:
         np.testing.assert_allclose(m.mean(dim=(0, 2, 3)).numpy(), 0, atol=1e-3)
         np.testing.assert_allclose(m.std(dim=(0, 2, 3)).numpy(), 1, rtol=1e-2)
 
 
 def test_scores_and_maps_follow_the_paper(fitted, images):
-    data = fitted._check_input(images[:4])
-    (_, latents, _), = list(fitted._iter_latents(data))
+    with torch.inference_mode():
+        latents, _ = fitted.flow_(fitted.extract_features(images[:4]))
     # image score: mean of z^2 / 2 over every latent entry of every scale
     expected = 0.5 * sum(z.pow(2).sum(dim=(1, 2, 3)) for z in latents) / sum(z[0].numel() for z in latents)
     np.testing.assert_allclose(fitted.score_samples(images[:4]), -expected.double().numpy(), rtol=1e-6)
@@ -75,8 +72,8 @@ def test_scores_and_maps_follow_the_paper(fitted, images):
 
 def test_map_mode_max_uses_the_finest_scale(images):
     det = CSFlowDetector(**{**FAST_CSFLOW, "map_mode": "max", "max_epochs": 1}).fit(images[:6])
-    data = det._check_input(images[:2])
-    (_, latents, _), = list(det._iter_latents(data))
+    with torch.inference_mode():
+        latents, _ = det.flow_(det.extract_features(images[:2]))
     expected = csflow_anomaly_map(latents[:1], (128, 96), mode="all").numpy()
     np.testing.assert_allclose(det.anomaly_map(images[:2]), expected, rtol=1e-5)
     # changing the mode after fit does not desynchronise maps and the learned threshold

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-import skflow_ad.base
+import skflow_ad.modes
+from skflow_ad.trainer import FlowTrainer
 from skflow_ad import CSFlowDetector, UFlowDetector
 
 from .conftest import FAST_UFLOW
@@ -13,13 +14,13 @@ from .conftest import FAST_UFLOW
 def cached_dtypes(monkeypatch):
     """Record the dtype of the features each fit hands to the trainer."""
     seen = []
-    original = skflow_ad.base.FlowTrainer.fit
+    original = FlowTrainer.fit
 
     def fit(self, flow, features):
         seen.append(str(features[0].dtype))
         return original(self, flow, features)
 
-    monkeypatch.setattr(skflow_ad.base.FlowTrainer, "fit", fit)
+    monkeypatch.setattr(FlowTrainer, "fit", fit)
     return seen
 
 
@@ -38,9 +39,9 @@ def test_auto_switches_to_float16_beyond_the_size_limit(small_images, cached_dty
     det = UFlowDetector(**{**FAST_UFLOW, "max_epochs": 1})
     assert det.fit(small_images).feature_cache_dtype_ == "float32"
     # 12 images of 32 px give 12 * (64*8*8 + 128*4*4 + 256*2*2) * 4 = 344,064 bytes of float32 features.
-    monkeypatch.setattr(skflow_ad.base, "_FLOAT32_CACHE_BYTES", 344_063)
+    monkeypatch.setattr(skflow_ad.modes, "FLOAT32_CACHE_BYTES", 344_063)
     assert det.fit(small_images).feature_cache_dtype_ == "float16"
-    monkeypatch.setattr(skflow_ad.base, "_FLOAT32_CACHE_BYTES", 344_064)
+    monkeypatch.setattr(skflow_ad.modes, "FLOAT32_CACHE_BYTES", 344_064)
     assert det.fit(small_images).feature_cache_dtype_ == "float32"
     assert cached_dtypes == ["torch.float32", "torch.float16", "torch.float32"]
 

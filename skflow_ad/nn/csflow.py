@@ -30,6 +30,7 @@ __all__ = [
     "CrossConvolutionSubnet",
     "CrossScaleCoupling",
     "CrossScaleFlow",
+    "CSFlowHead",
     "csflow_anomaly_map",
     "csflow_anomaly_score",
     "csflow_nll",
@@ -649,3 +650,20 @@ def csflow_anomaly_map(
         )
         anomaly_map = scale_map if anomaly_map is None else anomaly_map * scale_map
     return anomaly_map[:, 0]
+
+
+class CSFlowHead(nn.Module):
+    """Latents -> ``(scores (n,), anomaly_maps (n, H, W))`` at ``working_size``.
+
+    Scores are :func:`csflow_anomaly_score`, maps :func:`csflow_anomaly_map` in ``map_mode``.
+    """
+
+    def __init__(self, working_size, map_mode="all"):
+        super().__init__()
+        if map_mode not in ("all", "max"):
+            raise ValueError(f"map_mode must be 'all' or 'max', got {map_mode!r}.")
+        self.working_size = tuple(int(v) for v in working_size)
+        self.map_mode = map_mode
+
+    def forward(self, latents):
+        return csflow_anomaly_score(latents), csflow_anomaly_map(latents, self.working_size, mode=self.map_mode)

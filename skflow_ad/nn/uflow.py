@@ -121,3 +121,18 @@ def uflow_anomaly_map(latents, output_size):
         up = nn.functional.interpolate(likelihood[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)
         total = up if total is None else total + up
     return 1.0 - total[:, 0] / len(latents)
+
+
+class UFlowHead(nn.Module):
+    """Latents -> ``(scores (n,), anomaly_maps (n, H, W))`` at ``working_size``.
+
+    The map is :func:`uflow_anomaly_map`; the image anomaly score is its maximum.
+    """
+
+    def __init__(self, working_size):
+        super().__init__()
+        self.working_size = tuple(int(v) for v in working_size)
+
+    def forward(self, latents):
+        maps = uflow_anomaly_map(latents, self.working_size)
+        return maps.flatten(1).amax(1), maps
