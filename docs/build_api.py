@@ -31,6 +31,7 @@ MODULES = (
     "skflow_ad.parallel",
     "skflow_ad.plotting",
     "skflow_ad.nfa",
+    "skflow_ad.regions",
 )
 
 #: Public methods documented for classes (beyond ``__init__``'s signature).

@@ -3,10 +3,11 @@
 Detectors: :class:`UFlowDetector` (U-Flow) and :class:`CSFlowDetector` (CS-Flow).
 Submodules: ``datasets``, ``metrics``, ``model_selection``, ``nfa``, ``parallel``
 (:func:`score_partitions`, which imports dask when called), ``plotting`` (needs
-matplotlib, imported on use) and ``cli``.
+matplotlib, imported on use), ``regions`` (connected defect regions of a mask)
+and ``cli``.
 """
 
-from . import datasets, metrics, model_selection, nfa
+from . import datasets, metrics, model_selection, nfa, regions
 from .base import BaseFlowDetector
 from .csflow import CSFlowDetector
 from .datasets import ImageFileLoader, load_images, load_mvtec_folder, make_surface_defects, make_surface_train_test
@@ -34,5 +35,6 @@ __all__ = [
     "metrics",
     "model_selection",
     "nfa",
+    "regions",
     "__version__",
 ]

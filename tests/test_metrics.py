@@ -5,12 +5,18 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from skflow_ad.metrics import (
+    aupimo,
     aupro,
     best_f1,
+    dice,
     image_auroc,
+    iou,
+    mean_dice,
+    mean_iou,
     pixel_auroc,
     pixel_best_f1,
     pro_curve,
+    region_precision_recall,
 )
 
 
@@ -352,3 +358,280 @@ def test_aupro_max_fpr_errors(max_fpr):
 def test_n_thresholds_errors(n_thresholds):
     with pytest.raises(ValueError, match="n_thresholds must be None or an integer >= 2"):
         aupro(*_hand_example(), n_thresholds=n_thresholds)
+
+
+
+# --------------------------------------------------------------------------
+# Binary masks. Four 4x4 images, worked out by hand:
+#
+# image  true                 predicted                      I  |T| |P|  IoU   Dice
+#   A    rows 0-1 x cols 0-1  rows 1-2 x cols 1-2             1   4   4   1/7   1/4
+#   B    row 3                row 3 cols 0-1, and (0, 3)      2   4   3   2/5   4/7
+#   C    (normal)             (2, 2)                          0   0   1   0     0
+#   D    (normal)             nothing                         0   0   0   1     1
+def _mask_example():
+    true = np.zeros((4, 4, 4), dtype=bool)
+    pred = np.zeros((4, 4, 4), dtype=bool)
+    true[0, :2, :2] = True
+    pred[0, 1:3, 1:3] = True
+    true[1, 3, :] = True
+    pred[1, 3, :2] = True
+    pred[1, 0, 3] = True
+    pred[2, 2, 2] = True
+    return true, pred
+
+
+def test_pooled_iou_and_dice_by_hand():
+    true, pred = _mask_example()
+    # I = 3, |T| = 8, |P| = 8: union 13.
+    assert iou(true, pred) == pytest.approx(3 / 13, rel=1e-15)
+    assert dice(true, pred) == pytest.approx(6 / 16, rel=1e-15)
+    assert iou(true, true) == 1.0 and dice(true, true) == 1.0
+    assert iou(true, ~true) == 0.0 and dice(true, ~true) == 0.0
+
+
+def test_mean_iou_and_mean_dice_by_hand():
+    true, pred = _mask_example()
+    assert mean_iou(true, pred) == pytest.approx((1 / 7 + 2 / 5) / 2, rel=1e-15)
+    assert mean_iou(true, pred, include_normal=True) == pytest.approx((1 / 7 + 2 / 5 + 0 + 1) / 4, rel=1e-15)
+    assert mean_dice(true, pred) == pytest.approx((1 / 4 + 4 / 7) / 2, rel=1e-15)
+    assert mean_dice(true, pred, include_normal=True) == pytest.approx((1 / 4 + 4 / 7 + 0 + 1) / 4, rel=1e-15)
+    # False alarms on normal images change only the include_normal score.
+    quiet = pred.copy()
+    quiet[2] = False
+    assert mean_iou(true, quiet) == mean_iou(true, pred)
+    assert mean_iou(true, quiet, include_normal=True) == pytest.approx((1 / 7 + 2 / 5 + 2) / 4)
+
+
+def test_mask_metrics_accept_lists_of_sizes_uint8_and_tensors():
+    true, pred = _mask_example()
+    big_true = np.zeros((5, 7), dtype=np.uint8)
+    big_pred = np.zeros((5, 7), dtype=np.uint8)
+    big_true[:4, :4] = true[1] * 255
+    big_pred[:4, :4] = pred[1]
+    big_pred[4, 6] = 1  # one more false positive pixel: image B now has I 2, union 6
+    listed_true = [true[0], big_true, true[2], true[3]]
+    listed_pred = [pred[0], big_pred, pred[2], pred[3]]
+    assert mean_iou(listed_true, listed_pred) == pytest.approx((1 / 7 + 2 / 6) / 2)
+    assert iou(listed_true, listed_pred) == pytest.approx(3 / 14)
+    assert dice(torch.as_tensor(true), torch.as_tensor(pred)) == pytest.approx(6 / 16)
+
+
+def test_region_precision_recall_by_hand():
+    true, pred = _mask_example()
+    scores = region_precision_recall(true, pred)
+    # True regions: A's block, B's row (2, both found). Predicted: A's block
+    # (correct), B's pair (correct), B's (0, 3) and C's pixel (false).
+    assert (scores.precision, scores.recall) == (0.5, 1.0)
+    assert (scores.n_true_regions, scores.n_true_found) == (2, 2)
+    assert (scores.n_pred_regions, scores.n_pred_correct, scores.n_false_regions) == (4, 2, 2)
+    assert scores.n_normal_images == 2
+    assert scores.false_regions_per_normal_image == 0.5
+    # A's predicted block shares 1 pixel with its true block, B's pair 2.
+    strict = region_precision_recall(true, pred, min_overlap=2)
+    assert (strict.precision, strict.recall) == (0.25, 0.5)
+    assert (strict.n_true_found, strict.n_pred_correct, strict.n_false_regions) == (1, 1, 3)
+
+
+def test_region_matching_is_many_to_many_with_eight_connectivity():
+    true = np.zeros((1, 5, 5), dtype=bool)
+    pred = np.zeros((1, 5, 5), dtype=bool)
+    true[0, 0, 0] = true[0, 0, 4] = True  # two true regions
+    pred[0, 0, :] = True  # one predicted region covering both
+    pred[0, 2, 1] = pred[0, 3, 2] = pred[0, 4, 3] = True  # one diagonal region: a false one
+    scores = region_precision_recall(true, pred)
+    assert (scores.n_true_regions, scores.n_true_found) == (2, 2)
+    assert (scores.n_pred_regions, scores.n_pred_correct) == (2, 1)
+    assert np.isnan(scores.false_regions_per_normal_image) and scores.n_normal_images == 0
+    # Two predicted regions on one true region: both correct.
+    true2 = np.zeros((1, 3, 5), dtype=bool)
+    true2[0, 1, :] = True
+    pred2 = np.zeros((1, 3, 5), dtype=bool)
+    pred2[0, :, 0] = pred2[0, :, 4] = True
+    both = region_precision_recall(true2, pred2)
+    assert (both.precision, both.recall, both.n_pred_regions) == (1.0, 1.0, 2)
+
+
+def test_region_scores_on_normal_images_only():
+    pred = np.zeros((3, 4, 4), dtype=bool)
+    pred[0, 0, 0] = pred[0, 3, 3] = pred[2, 1, 1] = True
+    scores = region_precision_recall(np.zeros((3, 4, 4), dtype=bool), pred)
+    assert scores.precision == 0.0 and np.isnan(scores.recall)
+    assert scores.false_regions_per_normal_image == 1.0
+    nothing = region_precision_recall(np.zeros((3, 4, 4), dtype=bool), np.zeros((3, 4, 4), dtype=bool))
+    assert np.isnan(nothing.precision) and nothing.false_regions_per_normal_image == 0.0
+
+
+_TRUE, _PRED = _mask_example()
+
+
+@pytest.mark.parametrize(
+    "masks_true, masks_pred, message",
+    [
+        (_TRUE, _PRED[:3], "masks_true and masks_pred have different numbers of images: 4 and 3"),
+        (_TRUE, _PRED[:, :3], r"masks_true\[0\] has shape \(4, 4\) but masks_pred\[0\] has shape \(3, 4\)"),
+        (_TRUE, _PRED.astype(np.uint8) * 2, r"masks_pred\[0\] has values \[0, 2\]"),
+        (_TRUE, _PRED * 0.5, r"masks_pred\[0\] has values \[0.0, 0.5\]"),
+        (_TRUE, _PRED.astype(str), r"masks_pred\[0\] must be boolean or numeric"),
+        (_TRUE.astype(np.int64) * 3, _PRED, r"masks_true\[0\] has values \[0, 3\]"),
+        ([], [], "masks_true is empty"),
+        (_TRUE[None], _PRED[None], r"masks_true must have shape \(n, H, W\)"),
+    ],
+)
+def test_mask_metric_errors(masks_true, masks_pred, message):
+    for metric in (iou, mean_iou, dice, mean_dice, region_precision_recall):
+        with pytest.raises(ValueError, match=message):
+            metric(masks_true, masks_pred)
+
+
+def test_mask_metric_degenerate_cases_raise():
+    empty = np.zeros((2, 3, 3), dtype=bool)
+    for metric, name in ((iou, "IoU"), (dice, "Dice coefficient")):
+        with pytest.raises(ValueError, match=f"no anomalous pixel: the {name} is 0 / 0"):
+            metric(empty, empty)
+    pred = empty.copy()
+    pred[0, 1, 1] = True
+    assert iou(empty, pred) == 0.0
+    for metric, name in ((mean_iou, "mean IoU"), (mean_dice, "mean Dice")):
+        with pytest.raises(ValueError, match=f"no anomalous image: the {name} over anomalous images"):
+            metric(empty, pred)
+        assert metric(empty, pred, include_normal=True) == 0.5
+        with pytest.raises(ValueError, match="include_normal must be True or False"):
+            metric(_TRUE, _PRED, include_normal="yes")
+    for min_overlap in (0, 1.5, True):
+        with pytest.raises(ValueError, match="min_overlap must be an integer >= 1"):
+            region_precision_recall(_TRUE, _PRED, min_overlap=min_overlap)
+
+
+# --------------------------------------------------------------------------
+# AUPIMO. Hand example: two normal 2x2 images, every pixel weighing 1/8 in
+# the shared FPR; one anomalous image whose normal pixels (score 100) must
+# be ignored.
+#
+#   normal scores 8, 6, 4, 2 and four 0s -> vertices (threshold: FPR)
+#   8: 1/8,  6: 2/8,  4: 3/8,  2: 4/8,  0: 1
+#
+# With true pixel scores 7, 5, 3, 3 the overlap on each FPR segment is:
+#   [1/8, 2/8] at threshold 6: 1/4;  [2/8, 3/8] at 4: 2/4;  [3/8, 4/8] at 2: 1.
+def _aupimo_example(true_scores=(7.0, 5.0, 3.0, 3.0)):
+    masks = [np.zeros((2, 2), dtype=bool), np.zeros((2, 2), dtype=bool), np.array([[1, 1], [1, 1], [0, 0]], dtype=bool)]
+    maps = [
+        np.array([[8.0, 4.0], [2.0, 0.0]]),
+        np.array([[6.0, 0.0], [0.0, 0.0]]),
+        np.array([list(true_scores[:2]), list(true_scores[2:]), [100.0, 100.0]]),
+    ]
+    return masks, maps
+
+
+def test_aupimo_by_hand_on_vertices():
+    result = aupimo(*_aupimo_example(), fpr_bounds=(1 / 8, 1 / 2))
+    expected = (np.log(2) / 4 + np.log(1.5) / 2 + np.log(4 / 3)) / np.log(4)
+    assert result.mean == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(result.per_image[:2]).all()
+    assert result.per_image[2] == pytest.approx(expected, rel=1e-12)
+    assert result.fpr_bounds == (0.125, 0.5)
+
+
+def test_aupimo_tie_counts_half_and_bounds_interpolate_in_log_fpr():
+    # A true pixel at 4 ties with a normal pixel: on [2/8, 3/8] the overlap
+    # rises linearly in log FPR from T(> 4) = 1/4 to T(>= 4) = 2/4.
+    masks, maps = _aupimo_example((7.0, 4.0, 3.0, 3.0))
+    expected = (np.log(2) / 4 + np.log(1.5) * 3 / 8 + np.log(4 / 3)) / np.log(4)
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 1 / 2)).mean == pytest.approx(expected, rel=1e-12)
+    # Upper bound 0.3 inside that sloped segment: overlap there
+    # 1/4 + 1/4 * log(0.3 / (2/8)) / log(3/2).
+    at_upper = 1 / 4 + 1 / 4 * np.log(1.2) / np.log(1.5)
+    expected = (np.log(2) / 4 + np.log(1.2) * (1 / 4 + at_upper) / 2) / np.log(0.3 / 0.125)
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 0.3)).mean == pytest.approx(expected, rel=1e-12)
+    # Lower bound 3/16 inside the flat first segment.
+    expected = (np.log(4 / 3) / 4 + np.log(1.5) * 3 / 8 + np.log(4 / 3)) / np.log(8 / 3)
+    assert aupimo(masks, maps, fpr_bounds=(3 / 16, 1 / 2)).mean == pytest.approx(expected, rel=1e-12)
+
+
+def test_aupimo_shared_fpr_is_the_mean_of_per_image_rates():
+    # Normal images of 2 and 4 pixels: weights 1/4 and 1/8 per pixel, so the
+    # vertices are 6: 1/8, 4: 1/8 + 1/4, 0: 1 (a pooled FPR would give 1/6, 2/6).
+    masks = [np.zeros((1, 2), dtype=bool), np.zeros((2, 2), dtype=bool), np.ones((1, 2), dtype=bool)]
+    maps = [np.array([[4.0, 0.0]]), np.array([[6.0, 0.0], [0.0, 0.0]]), np.array([[5.0, 1.0]])]
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 3 / 8)).mean == pytest.approx(0.5, rel=1e-12)
+    expected = (np.log(3) / 2 + np.log(8 / 3)) / np.log(8)
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 1.0)).mean == pytest.approx(expected, rel=1e-12)
+
+
+def test_aupimo_up_to_fpr_one():
+    # Two normal 1x3 images: weights 1/6, whose float sum is not exactly 1.
+    # Vertices 2.5: 1/6, 2: 2/6, 1.5: 3/6, 1: 4/6, 0.5: 5/6, 0: 1; true
+    # pixels 3 and 0.75 give overlap 1/2 up to FPR 4/6, then 1.
+    masks = [np.zeros((1, 3), dtype=bool), np.zeros((1, 3), dtype=bool), np.ones((1, 2), dtype=bool)]
+    maps = [np.array([[2.0, 1.0, 0.0]]), np.array([[2.5, 1.5, 0.5]]), np.array([[3.0, 0.75]])]
+    expected = (np.log(4) / 2 + np.log(1.5)) / np.log(6)
+    assert aupimo(masks, maps, fpr_bounds=(1 / 6, 1.0)).mean == pytest.approx(expected, rel=1e-12)
+
+
+def test_aupimo_perfect_and_hopeless_maps():
+    masks, maps = _aupimo_example((9.0, 9.0, 9.0, 9.0))
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 1.0)).mean == 1.0
+    masks, maps = _aupimo_example((-1.0, -1.0, -1.0, -1.0))
+    assert aupimo(masks, maps, fpr_bounds=(1 / 8, 1 / 2)).mean == 0.0
+
+
+def _aupimo_brute_force(masks, maps, lower, upper):
+    """Definition-level AUPIMO: every distinct score as a threshold, plain loops."""
+    normal_maps = [m for m, k in zip(maps, masks) if not k.any()]
+    thresholds = np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]
+    shared_fpr = [np.mean([np.mean(m >= t) for m in normal_maps]) for t in thresholds]
+    values = []
+    for mask, anomaly_map in zip(masks, maps):
+        if not mask.any():
+            values.append(np.nan)
+            continue
+        true_scores = anomaly_map[mask]
+        points = [(np.log(f), np.mean(true_scores >= t)) for f, t in zip(shared_fpr, thresholds) if f > 0]
+        area = 0.0
+        for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+            low, high = max(x0, np.log(lower)), min(x1, np.log(upper))
+            if high <= low:
+                continue
+            y_low = y0 + (y1 - y0) * (low - x0) / (x1 - x0)
+            y_high = y0 + (y1 - y0) * (high - x0) / (x1 - x0)
+            area += (high - low) * (y_low + y_high) / 2
+        values.append(area / np.log(upper / lower))
+    return np.array(values)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aupimo_matches_brute_force_with_ties_and_sizes(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [(12, 10), (9, 11), (8, 4), (6, 6), (7, 5)]
+    masks = [np.zeros(shape, dtype=bool) for shape in shapes]
+    masks[2][1:4, 1:3] = True
+    masks[3][0, 0] = masks[3][5, 5] = True
+    masks[4][2:, 3:] = True
+    # Integer scores: ties within and across images and classes.
+    maps = [rng.integers(0, 40, shape) + 12 * mask for shape, mask in zip(shapes, masks)]
+    for bounds in [(0.03, 0.3), (0.05, 1.0), (0.03, 0.06)]:
+        result = aupimo(masks, maps, fpr_bounds=bounds)
+        expected = _aupimo_brute_force(masks, maps, *bounds)
+        np.testing.assert_allclose(result.per_image, expected, rtol=1e-10, atol=1e-12)
+        assert result.mean == pytest.approx(np.nanmean(expected), rel=1e-10)
+
+
+def test_aupimo_errors():
+    masks, maps = _aupimo_example()
+    with pytest.raises(ValueError, match="no anomalous image"):
+        aupimo(masks[:2], maps[:2], fpr_bounds=(1 / 8, 1 / 2))
+    with pytest.raises(ValueError, match=r"no normal image \(empty mask\)"):
+        aupimo(masks[2:], maps[2:], fpr_bounds=(1 / 8, 1 / 2))
+    # 8 normal pixels resolve FPR 1/8 at best.
+    with pytest.raises(ValueError, match=r"cannot resolve fpr_bounds\[0\] = 0.1: .* 0.125"):
+        aupimo(masks, maps, fpr_bounds=(0.1, 0.5))
+    with pytest.raises(ValueError, match="cannot resolve"):
+        aupimo(masks, maps)  # the default 1e-5 needs 100 000 normal pixels
+    constant = [np.zeros_like(anomaly_map) for anomaly_map in maps]
+    with pytest.raises(ValueError, match="cannot resolve"):
+        aupimo(masks, constant, fpr_bounds=(0.5, 1.0))
+    for bounds in [(0.5, 0.1), (0, 0.5), (0.1, 1.5), (0.1,), "0.1", (0.1, True), (0.1, None)]:
+        with pytest.raises(ValueError, match="fpr_bounds must be two numbers"):
+            aupimo(masks, maps, fpr_bounds=bounds)
+    with pytest.raises(ValueError, match=r"anomaly_maps\[0\] contains NaN"):
+        aupimo(masks, [np.full((2, 2), np.nan)] + maps[1:], fpr_bounds=(1 / 8, 1 / 2))
