@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from .conventions import is_tensor, to_numpy
 from .resample import resize_image
 
 VECTORS = "vectors"
@@ -75,20 +76,9 @@ def check_image_size(image_size, *, allow_none=False, minimum=1, name="image_siz
 
 
 # --------------------------------------------------------------------------- conversions
-def _is_torch_tensor(value):
-    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
-
-
 def _as_numpy(value):
-    """A numpy view of ``value``: torch tensors detached and moved to the CPU, native byte order."""
-    if _is_torch_tensor(value):
-        value = value.detach().cpu()
-        if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
-            value = value.float()
-        value = value.numpy()
-    if isinstance(value, np.ndarray) and not value.dtype.isnative:
-        value = value.astype(value.dtype.newbyteorder("="))
-    return value
+    """Arrays and tensors as native-order numpy arrays (:func:`conventions.to_numpy`); anything else as is."""
+    return to_numpy(value) if isinstance(value, np.ndarray) or is_tensor(value) else value
 
 
 def _is_path(value):

@@ -35,9 +35,11 @@ of a mask, as defined once in :func:`skflow_ad.regions.label_regions`.
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
+import numbers
 
+import numpy as np
+
+from .conventions import LABEL_CONVENTIONS, anomalous_from_labels, as_image_list, check_mask, check_scores, to_numpy
 from .regions import label_regions
 
 __all__ = [
@@ -45,7 +47,10 @@ __all__ = [
     "RegionScores",
     "aupimo",
     "aupro",
+    "aupro_from_curve",
     "best_f1",
+    "check_max_fpr",
+    "check_n_thresholds",
     "dice",
     "image_auroc",
     "iou",
@@ -57,10 +62,6 @@ __all__ = [
     "region_precision_recall",
 ]
 
-_LABEL_CONVENTIONS = (
-    "{+1 normal, -1 anomalous}, {0 normal, 1 anomalous} or booleans "
-    "(True = anomalous)"
-)
 
 
 def image_auroc(y_true, anomaly_scores):
@@ -82,8 +83,8 @@ def image_auroc(y_true, anomaly_scores):
         normal one, 0.5 for chance, 0 for a perfectly inverted score. Ties
         count one half, as in :func:`sklearn.metrics.roc_auc_score`.
     """
-    is_anomalous = _anomalous_from_labels(y_true, "y_true")
-    scores = _checked_scores(anomaly_scores, "anomaly_scores")
+    is_anomalous = anomalous_from_labels(y_true, "y_true")
+    scores = check_scores(anomaly_scores, "anomaly_scores")
     _check_same_length(is_anomalous, scores, "y_true", "anomaly_scores")
     return _auroc(is_anomalous, scores)
 
@@ -143,7 +144,7 @@ def pro_curve(masks_true, anomaly_maps, *, n_thresholds=None):
         pixel scores) are omitted: they do not change the curve.
     """
     masks, maps = _paired_masks_and_maps(masks_true, anomaly_maps)
-    n_thresholds = _checked_n_thresholds(n_thresholds)
+    n_thresholds = check_n_thresholds(n_thresholds)
     region_weights, is_anomalous, scores = _region_weights(masks, maps)
     if n_thresholds is None:
         fpr, pro = _exact_curve(scores, is_anomalous, region_weights)
@@ -179,14 +180,22 @@ def aupro(masks_true, anomaly_maps, *, max_fpr=0.3, n_thresholds=None):
         AUPRO in [0, 1]; 1 for a map that scores every anomalous pixel above
         every normal pixel.
     """
-    if (
-        isinstance(max_fpr, (bool, np.bool_))
-        or not isinstance(max_fpr, (int, float, np.integer, np.floating))
-        or not 0.0 < max_fpr <= 1.0
-    ):
-        raise ValueError(f"max_fpr must be a number in (0, 1], got {max_fpr!r}.")
+    max_fpr = check_max_fpr(max_fpr)
     fpr, pro = pro_curve(masks_true, anomaly_maps, n_thresholds=n_thresholds)
-    return _partial_area(fpr, pro, float(max_fpr)) / max_fpr
+    return aupro_from_curve(fpr, pro, max_fpr)
+
+
+def check_max_fpr(max_fpr):
+    """``max_fpr`` as a float in (0, 1]; ``ValueError`` otherwise."""
+    if isinstance(max_fpr, (bool, np.bool_)) or not isinstance(max_fpr, numbers.Real) or not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be a number in (0, 1], got {max_fpr!r}.")
+    return float(max_fpr)
+
+
+def aupro_from_curve(fpr, pro, max_fpr=0.3):
+    """AUPRO from a :func:`pro_curve`: the area up to ``max_fpr`` over ``max_fpr``, in [0, 1]."""
+    max_fpr = check_max_fpr(max_fpr)
+    return _partial_area(np.asarray(fpr), np.asarray(pro), max_fpr) / max_fpr
 
 
 def best_f1(y_true, anomaly_scores):
@@ -208,8 +217,8 @@ def best_f1(y_true, anomaly_scores):
         The largest threshold reaching it: samples with
         ``anomaly_score >= threshold`` are predicted anomalous.
     """
-    is_anomalous = _anomalous_from_labels(y_true, "y_true")
-    scores = _checked_scores(anomaly_scores, "anomaly_scores")
+    is_anomalous = anomalous_from_labels(y_true, "y_true")
+    scores = check_scores(anomaly_scores, "anomaly_scores")
     _check_same_length(is_anomalous, scores, "y_true", "anomaly_scores")
     return _best_f1(is_anomalous, scores)
 
@@ -909,80 +918,6 @@ def _mean_per_image(masks_true, masks_pred, include_normal, terms, name):
 # Input validation
 
 
-def _to_numpy(values, name):
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-        if values.dtype in (torch.bfloat16, torch.float16):
-            values = values.float()
-        return values.numpy()
-    try:
-        return np.asarray(values)
-    except ValueError as error:
-        raise ValueError(f"{name} could not be converted to an array: {error}") from None
-
-
-def _anomalous_from_labels(y_true, name):
-    """Boolean ``(n,)`` array, True for anomalous, from any accepted labelling."""
-    labels = _to_numpy(y_true, name)
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must be 1-d of shape (n,), got shape {labels.shape}.")
-    if labels.size == 0:
-        raise ValueError(f"{name} is empty.")
-    if labels.dtype == np.bool_:
-        is_anomalous = labels
-    elif np.issubdtype(labels.dtype, np.integer) or np.issubdtype(
-        labels.dtype, np.floating
-    ):
-        values = set(np.unique(labels).tolist())
-        if values == {-1, 1}:
-            is_anomalous = labels == -1
-        elif values == {0, 1}:
-            is_anomalous = labels == 1
-        elif len(values) == 1:
-            raise ValueError(
-                f"{name} contains a single label value {values.pop()!r}: both normal "
-                f"and anomalous samples are needed (labels: {_LABEL_CONVENTIONS})."
-            )
-        else:
-            raise ValueError(
-                f"{name} has labels {sorted(values)}, which match no known "
-                f"convention; expected {_LABEL_CONVENTIONS}."
-            )
-    else:
-        raise ValueError(
-            f"{name} has dtype {labels.dtype}; expected numeric labels "
-            f"{_LABEL_CONVENTIONS}."
-        )
-    if is_anomalous.all() or not is_anomalous.any():
-        kind = "anomalous" if is_anomalous.all() else "normal"
-        raise ValueError(
-            f"{name} contains only {kind} samples: both normal and anomalous samples "
-            "are needed."
-        )
-    return is_anomalous
-
-
-def _checked_scores(scores, name, expected_ndim=1):
-    """Finite real scores as a float numpy array."""
-    array = _to_numpy(scores, name)
-    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float64)
-    elif not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name} must contain real numbers, got dtype {array.dtype}.")
-    if expected_ndim is not None and array.ndim != expected_ndim:
-        shape = "(n,)" if expected_ndim == 1 else "(H, W)"
-        raise ValueError(
-            f"{name} must be {expected_ndim}-d of shape {shape}, got shape {array.shape}."
-        )
-    if array.size == 0:
-        raise ValueError(f"{name} is empty.")
-    if np.isnan(array).any():
-        raise ValueError(f"{name} contains NaN.")
-    if np.isinf(array).any():
-        raise ValueError(f"{name} contains infinite values.")
-    return array
-
-
 def _check_same_length(labels, scores, labels_name, scores_name):
     if labels.shape[0] != scores.shape[0]:
         raise ValueError(
@@ -991,55 +926,10 @@ def _check_same_length(labels, scores, labels_name, scores_name):
         )
 
 
-def _checked_mask(mask, name):
-    """Boolean ``(H, W)`` mask from a bool, {0, 1} or {0, 255} array."""
-    if mask.dtype == np.bool_:
-        return mask
-    if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
-        raise ValueError(f"{name} must be boolean or numeric, got dtype {mask.dtype}.")
-    is_anomalous = mask != 0
-    anomalous_values = mask[is_anomalous]
-    if anomalous_values.size and not (
-        (anomalous_values == 1).all() or (anomalous_values == 255).all()
-    ):
-        found = np.unique(mask).tolist()
-        shown = found if len(found) <= 6 else found[:6] + ["..."]
-        raise ValueError(
-            f"{name} has values {shown}; masks must be boolean, {{0, 1}} or "
-            "{0, 255} with nonzero = anomalous pixel."
-        )
-    return is_anomalous
-
-
-def _as_image_list(images, name):
-    """List of 2-d numpy arrays from an ``(n, H, W)`` / ``(H, W)`` array or a list."""
-    if isinstance(images, (list, tuple)):
-        arrays = [_to_numpy(image, f"{name}[{index}]") for index, image in enumerate(images)]
-        for index, array in enumerate(arrays):
-            if array.ndim != 2:
-                raise ValueError(
-                    f"{name}[{index}] must be 2-d (H, W), got shape {array.shape}."
-                )
-    else:
-        array = _to_numpy(images, name)
-        if array.ndim == 2:
-            arrays = [array]
-        elif array.ndim == 3:
-            arrays = list(array)
-        else:
-            raise ValueError(
-                f"{name} must have shape (n, H, W) or (H, W), or be a list of (H, W) "
-                f"arrays; got shape {array.shape}."
-            )
-    if len(arrays) == 0 or all(array.size == 0 for array in arrays):
-        raise ValueError(f"{name} is empty.")
-    return arrays
-
-
 def _paired_images(first, second, first_name, second_name):
     """Two lists of 2-d arrays with as many images, of matching shapes."""
-    firsts = _as_image_list(first, first_name)
-    seconds = _as_image_list(second, second_name)
+    firsts = as_image_list(first, first_name)
+    seconds = as_image_list(second, second_name)
     if len(firsts) != len(seconds):
         raise ValueError(
             f"{first_name} and {second_name} have different numbers of images: "
@@ -1057,17 +947,17 @@ def _paired_images(first, second, first_name, second_name):
 def _paired_masks(masks_true, masks_pred):
     """Validated lists of true and predicted boolean masks of matching shapes."""
     true, pred = _paired_images(masks_true, masks_pred, "masks_true", "masks_pred")
-    true = [_checked_mask(mask, f"masks_true[{index}]") for index, mask in enumerate(true)]
-    pred = [_checked_mask(mask, f"masks_pred[{index}]") for index, mask in enumerate(pred)]
+    true = [check_mask(mask, f"masks_true[{index}]") for index, mask in enumerate(true)]
+    pred = [check_mask(mask, f"masks_pred[{index}]") for index, mask in enumerate(pred)]
     return true, pred
 
 
 def _paired_masks_and_maps(masks_true, anomaly_maps):
     """Validated lists of boolean masks and finite float maps of matching shapes."""
     masks, maps = _paired_images(masks_true, anomaly_maps, "masks_true", "anomaly_maps")
-    masks = [_checked_mask(mask, f"masks_true[{index}]") for index, mask in enumerate(masks)]
+    masks = [check_mask(mask, f"masks_true[{index}]") for index, mask in enumerate(masks)]
     maps = [
-        _checked_scores(anomaly_map, f"anomaly_maps[{index}]", expected_ndim=None)
+        check_scores(anomaly_map, f"anomaly_maps[{index}]", expected_ndim=None)
         for index, anomaly_map in enumerate(maps)
     ]
     return masks, maps
@@ -1080,7 +970,8 @@ def _check_both_pixel_classes(is_anomalous):
         raise ValueError("masks_true contains no normal pixel: both classes are needed.")
 
 
-def _checked_n_thresholds(n_thresholds):
+def check_n_thresholds(n_thresholds):
+    """``n_thresholds`` as None or an int >= 2; ``ValueError`` otherwise."""
     if n_thresholds is None:
         return None
     if (

@@ -72,7 +72,7 @@ from sklearn.model_selection import BaseCrossValidator, ShuffleSplit
 from sklearn.utils import check_random_state
 
 from . import metrics
-from .metrics import _anomalous_from_labels, _as_image_list, _checked_mask
+from .conventions import anomalous_from_labels, as_image_list, check_mask
 
 __all__ = [
     "NormalOnlyKFold",
@@ -110,8 +110,8 @@ def _is_mask_target(y):
 def _checked_masks(y, name):
     """List of boolean ``(H, W)`` masks from a mask target."""
     return [
-        _checked_mask(mask, f"{name}[{index}]")
-        for index, mask in enumerate(_as_image_list(y, name))
+        check_mask(mask, f"{name}[{index}]")
+        for index, mask in enumerate(as_image_list(y, name))
     ]
 
 
@@ -129,7 +129,7 @@ def _anomalous_flags(y, name="y"):
             raise ValueError(
                 f"{name} has shape {np.shape(y)}; expected {_TARGET_FORMS}."
             )
-        return _anomalous_from_labels(y, name)
+        return anomalous_from_labels(y, name)
     flags = np.array([mask.any() for mask in _checked_masks(y, name)], dtype=bool)
     if not flags.any():
         raise ValueError(
@@ -585,13 +585,9 @@ def make_pixel_scorer(metric="auroc", *, max_fpr=None, n_thresholds=None):
             f"metric='aupro', not {metric!r}."
         )
     if "max_fpr" in metric_params:
-        value = metric_params["max_fpr"]
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
-            raise ValueError(f"max_fpr must be a number in (0, 1], got {value!r}.")
+        metrics.check_max_fpr(metric_params["max_fpr"])
     if "n_thresholds" in metric_params:
-        value = metric_params["n_thresholds"]
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 2:
-            raise ValueError(f"n_thresholds must be None or an integer >= 2, got {value!r}.")
+        metrics.check_n_thresholds(metric_params["n_thresholds"])
     return _PixelScorer(metric, metric_params)
 
 

@@ -21,8 +21,8 @@ import numbers
 import numpy as np
 
 from . import metrics
-from ._validation import _check_values, _scale_of
-from .metrics import _anomalous_from_labels, _checked_mask, _checked_scores, _partial_area
+from ._validation import check_image_values, image_scale
+from .conventions import anomalous_from_labels, check_mask, check_scores, to_numpy
 
 __all__ = [
     "MASK_PRED_COLOR",
@@ -61,19 +61,13 @@ def _figure_legend_loc():
     return "outside lower center" if (major, minor) >= (3, 7) else "lower center"
 
 
-def _to_numpy(values):
-    if hasattr(values, "detach"):  # torch tensor; torch itself is not needed here
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
 # --------------------------------------------------------------------------
 # Validation
 
 
 def _displayable_image(image, name):
     """An ``(H, W)`` or ``(H, W, 3)`` float image in [0, 1]."""
-    array = _to_numpy(image)
+    array = to_numpy(image)
     if array.ndim == 3:
         if array.shape[-1] in (1, 3):
             pass
@@ -92,13 +86,13 @@ def _displayable_image(image, name):
         )
     if array.dtype == np.bool_:
         return array.astype(np.float64)
-    scale = _scale_of(array.dtype, name)
-    _check_values(array, name)
+    scale = image_scale(array.dtype, name)
+    check_image_values(array, name)
     return array.astype(np.float64) / scale
 
 
 def _checked_map(anomaly_map, image_shape, name):
-    array = _checked_scores(_to_numpy(anomaly_map), name, expected_ndim=None)
+    array = check_scores(to_numpy(anomaly_map), name, expected_ndim=None)
     if array.shape != image_shape:
         raise ValueError(
             f"{name} has shape {array.shape} but the image is {image_shape}: anomaly "
@@ -108,17 +102,17 @@ def _checked_map(anomaly_map, image_shape, name):
 
 
 def _checked_overlay_mask(mask, image_shape, name):
-    array = _to_numpy(mask)
+    array = to_numpy(mask)
     if array.shape != image_shape:
         raise ValueError(f"{name} has shape {array.shape} but the image is {image_shape}.")
-    return _checked_mask(array, name)
+    return check_mask(array, name)
 
 
 def _as_list(batch, name, n_expected=None):
     """Per-image list from an array batch ``(n, ...)`` or a list; None stays None."""
     if batch is None:
         return None
-    items = list(batch) if isinstance(batch, (list, tuple)) else list(_to_numpy(batch))
+    items = list(batch) if isinstance(batch, (list, tuple)) else list(to_numpy(batch))
     if not items:
         raise ValueError(f"{name} is empty.")
     if n_expected is not None and len(items) != n_expected:
@@ -128,7 +122,7 @@ def _as_list(batch, name, n_expected=None):
 
 def _label_texts(labels, n_images):
     """Display texts of image labels: class names, or the labels themselves for strings."""
-    array = _to_numpy(labels)
+    array = to_numpy(labels)
     if array.shape != (n_images,):
         raise ValueError(f"labels must have shape ({n_images},), got {array.shape}.")
     if array.dtype.kind in "US" or (
@@ -349,7 +343,7 @@ def plot_anomaly_grid(
         for parts, text in zip(texts, _label_texts(labels, n_images)):
             parts.append(text)
     if scores is not None:
-        score_values = _checked_scores(_to_numpy(scores), "scores")
+        score_values = check_scores(to_numpy(scores), "scores")
         if score_values.shape != (n_images,):
             raise ValueError(f"scores must have shape ({n_images},), got {score_values.shape}.")
         for parts, value in zip(texts, score_values):
@@ -360,7 +354,7 @@ def plot_anomaly_grid(
         raise ValueError(f"panel_size must be a positive number, got {panel_size!r}.")
 
     if map_list is not None and (vmin is None or vmax is None):
-        checked = [_checked_scores(_to_numpy(m), f"anomaly_maps[{i}]", expected_ndim=None) for i, m in enumerate(map_list)]
+        checked = [check_scores(to_numpy(m), f"anomaly_maps[{i}]", expected_ndim=None) for i, m in enumerate(map_list)]
         vmin = min(float(m.min()) for m in checked) if vmin is None else vmin
         vmax = max(float(m.max()) for m in checked) if vmax is None else vmax
 
@@ -429,8 +423,8 @@ def plot_roc_curve(y_true, anomaly_scores, *, ax=None, name=None, plot_chance_le
     from sklearn.metrics import roc_curve
 
     plt = _pyplot()
-    is_anomalous = _anomalous_from_labels(y_true, "y_true")
-    scores = _checked_scores(anomaly_scores, "anomaly_scores")
+    is_anomalous = anomalous_from_labels(y_true, "y_true")
+    scores = check_scores(anomaly_scores, "anomaly_scores")
     auroc = metrics.image_auroc(is_anomalous, scores)
     fpr, tpr, _ = roc_curve(is_anomalous, scores)
     if ax is None:
@@ -479,15 +473,10 @@ def plot_pro_curve(
     ax : matplotlib Axes
     """
     plt = _pyplot()
-    if (
-        isinstance(max_fpr, (bool, np.bool_))
-        or not isinstance(max_fpr, numbers.Real)
-        or not 0.0 < max_fpr <= 1.0
-    ):
-        raise ValueError(f"max_fpr must be a number in (0, 1], got {max_fpr!r}.")
+    max_fpr = metrics.check_max_fpr(max_fpr)
     fpr, pro = metrics.pro_curve(masks_true, anomaly_maps, n_thresholds=n_thresholds)
     # Same area as metrics.aupro, without computing the curve a second time.
-    area = _partial_area(fpr, pro, float(max_fpr)) / max_fpr
+    area = metrics.aupro_from_curve(fpr, pro, max_fpr)
     if ax is None:
         _, ax = plt.subplots()
     metric_text = f"AUPRO@{max_fpr:g} = {area:.3f}"

@@ -138,7 +138,7 @@ def label_regions(mask):
         raster order of their first pixel.
     n_regions : int
     """
-    mask = _checked_mask(mask, "mask")
+    mask = _checked_bool_mask(mask, "mask")
     labels, n_regions = ndimage.label(mask, structure=_EIGHT_CONNECTIVITY)
     return labels, int(n_regions)
 
@@ -206,7 +206,7 @@ def find_regions(mask, anomaly_map, *, log_nfa=None, threshold=None, min_area=1)
         infinity, for ``anomaly_map``), both ``log_nfa`` and ``threshold``
         are given, or ``min_area`` is not an integer ``>= 1``.
     """
-    mask = _checked_mask(mask, "mask")
+    mask = _checked_bool_mask(mask, "mask")
     anomaly_map = _checked_map(anomaly_map, "anomaly_map", mask.shape, allow_infinite=False)
     if log_nfa is not None and threshold is not None:
         raise ValueError(
@@ -312,7 +312,7 @@ def regions_to_records(regions_per_image, image_ids=None):
 # Input validation
 
 
-def _checked_mask(mask, name):
+def _checked_bool_mask(mask, name):
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{name} must be 2-d of shape (H, W) (one image), got shape {mask.shape}.")

@@ -62,7 +62,7 @@ def test_scores_and_maps_follow_the_paper(fitted, images):
     np.testing.assert_allclose(-fitted.score_samples(images[:4]), csflow_anomaly_score(latents).numpy(), rtol=1e-6)
     maps = fitted.anomaly_map(images[:4])
     assert maps.shape == (4, 128, 96) and maps.dtype == np.float32
-    np.testing.assert_allclose(maps, csflow_anomaly_map(latents, (128, 96), mode="all").numpy(), rtol=1e-5)
+    np.testing.assert_allclose(maps, csflow_anomaly_map(latents, (128, 96), mode="all").numpy(), rtol=1e-4)
     masks = fitted.predict_mask(images[:4])
     assert masks.shape == (4, 128, 96) and masks.dtype == bool
     np.testing.assert_array_equal(
