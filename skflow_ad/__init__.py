@@ -1,20 +1,42 @@
 """skflow_ad: normalizing-flow anomaly detection for images as scikit-learn estimators.
 
 Detectors: :class:`UFlowDetector` (U-Flow) and :class:`CSFlowDetector` (CS-Flow).
-Submodules: ``datasets``, ``metrics``, ``model_selection``, ``nfa``, ``parallel``
-(:func:`score_partitions`, which imports dask when called), ``plotting`` (needs
-matplotlib, imported on use), ``regions`` (connected defect regions of a mask)
-and ``cli``.
+Submodules that need no torch (what a deployment machine runs): ``datasets``,
+``metrics``, ``model_selection``, ``nfa``, ``regions`` (connected defect
+regions of a mask), ``resample``, ``conventions`` and ``deploy``. With torch:
+``parallel`` (:func:`score_partitions`, which imports dask when called),
+``plotting`` (needs matplotlib, imported on use) and ``cli``.
 """
 
-from . import datasets, metrics, model_selection, nfa, regions
-from .base import BaseFlowDetector
-from .csflow import CSFlowDetector
-from .datasets import ImageFileLoader, load_images, load_mvtec_folder, make_surface_defects, make_surface_train_test
-from .features import PretrainedWeightsError
+from importlib import import_module
+
+# Torch-free submodules are imported at once; the torch-based ones on first use
+# (PEP 562), so that the exported-model runtime works where torch is not installed.
+from . import conventions, datasets, metrics, model_selection, nfa, regions, resample
 from .model_selection import NormalOnlyKFold, NormalOnlyShuffleSplit
-from .parallel import score_partitions
-from .uflow import UFlowDetector
+from .datasets import ImageFileLoader, load_images, load_mvtec_folder, make_surface_defects, make_surface_train_test
+
+#: Public names imported on first access, and the submodule that defines them.
+_LAZY = {
+    "BaseFlowDetector": ".base",
+    "CSFlowDetector": ".csflow",
+    "UFlowDetector": ".uflow",
+    "PretrainedWeightsError": ".features",
+    "score_partitions": ".parallel",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -36,5 +58,7 @@ __all__ = [
     "model_selection",
     "nfa",
     "regions",
+    "resample",
+    "conventions",
     "__version__",
 ]
