@@ -28,6 +28,7 @@ Example (small, CPU)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -197,21 +198,16 @@ def our_detector(method, args, epochs):
 
 def our_flow_epoch(det, features):
     """One training epoch of our flow on cached features (a fresh flow, same hooks as fit)."""
-    from skflow_ad.trainer import FlowTrainer
-
-    params = det.get_params(deep=False)
-    flow = det._make_flow(params, [tuple(f.shape[1:]) for f in features], 0)
-    trainer = FlowTrainer(det._nll, det._make_optimizer(params), None, batch_size=det.batch_size, max_epochs=1,
-                          validation_fraction=0.0, n_iter_no_change=10**6, clip_grad_norm=det._clip_grad_norm(params),
-                          device="cpu", seed=0)
+    shapes = [tuple(f.shape[1:]) for f in features]
+    flow = det.build_flow(shapes)
+    trainer = det.make_trainer(shapes, max_epochs=1, validation_fraction=0.0, n_iter_no_change=10**6, device="cpu",
+                               seed=0)
+    trainer.recipe = dataclasses.replace(trainer.recipe, make_scheduler=None)  # one epoch: no schedule to time
     return timed(lambda: trainer.fit(flow, features))[0]
 
 
 def our_features(det, images):
-    from skflow_ad._validation import check_images
-
-    params = det.get_params(deep=False)
-    return timed(lambda: det._extract(det.extractor_, check_images(images), det.image_size_, "cpu", params))
+    return timed(lambda: det.extract_features(images))
 
 
 def our_infer_two_calls(det, images):
@@ -292,13 +288,12 @@ def bench_nfa(det, args, images, rows):
     """Our nfa_mask vs anomalib's AnomalyMapGenerator.compute_anomaly_mask on the same latents."""
     from anomalib.models.image.uflow.anomaly_map import AnomalyMapGenerator
 
-    from skflow_ad._validation import check_images
     from skflow_ad.nfa import nfa_mask
 
     n = min(args.nfa_images, len(images))
-    data = check_images(images[:n])
-    chunks = [lat for _, lat, _ in det._iter_latents(data)]
-    latents = [torch.cat(parts).clone() for parts in zip(*chunks)]  # normal tensors, outside inference mode
+    with torch.inference_mode():
+        latents, _ = det.flow_(det.extract_features(images[:n]))
+    latents = [z.clone() for z in latents]  # normal tensors, outside inference mode
     # Plant anomalies: inflate a square of latent entries in every other image.
     for i in range(0, n, 2):
         for s, z in enumerate(latents):
@@ -309,7 +304,9 @@ def bench_nfa(det, args, images, rows):
     print(f"\n[nfa] {n} images, latents {[tuple(z.shape) for z in latents]}", flush=True)
     ours_t, ref_t = [], []
     for _ in range(args.repeats):
-        t, ours = timed(lambda: nfa_mask(latents, size, window_size=7, probability_threshold=0.5))
+        arrays = [z.numpy() for z in latents]
+        t, ours = timed(lambda: torch.from_numpy(nfa_mask(arrays, size, method="block", window_size=7,
+                                                          probability_threshold=0.5)))
         ours_t.append(t)
         t, ref = timed(lambda: generator.compute_anomaly_mask(latents, window_size=7, binomial_probability_thr=0.5,
                                                               high_precision=False))

@@ -45,24 +45,18 @@ def detector(method, args):
     return CSFlowDetector(cross_conv_hidden_channels=args.csflow_hidden, **common)
 
 
-def train_step(det, flow, optimizer, batch, memory_format=None, autocast=False):
+def train_step(recipe, flow, optimizer, batch, memory_format=None, autocast=False):
     if memory_format is not None:
         batch = [b.contiguous(memory_format=memory_format) for b in batch]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         latents, ljd = flow(batch)
-        loss = det._nll([z.float() for z in latents], ljd.float()).mean()
+        loss = recipe.loss([z.float() for z in latents], ljd.float()).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def features_of(det, images):
-    from skflow_ad._validation import check_images
-
-    return det._extract(det.extractor_, check_images(images), det.image_size_, "cpu", det.get_params(deep=False))
-
-
-def build_flow(det, params, features, freia_block=False):
+def build_flow(det, features, freia_block=False):
     """A fresh flow for ``features``; ``freia_block`` builds it with FrEIA's own ``AllInOneBlock``."""
     import FrEIA.modules as Fm
 
@@ -72,21 +66,21 @@ def build_flow(det, params, features, freia_block=False):
     if freia_block:
         uflow_nn.AllInOneBlock = Fm.AllInOneBlock
     try:
-        return det._make_flow(params, [tuple(x.shape[1:]) for x in features], 0)
+        return det.build_flow([tuple(x.shape[1:]) for x in features])
     finally:
         uflow_nn.AllInOneBlock = ours
 
 
 def profile_train(method, det, features, args):
-    params = det.get_params(deep=False)
-    flow = det._make_flow(params, [tuple(f.shape[1:]) for f in features], 0)
-    optimizer = det._make_optimizer(params)([p for p in flow.parameters() if p.requires_grad])
+    recipe = det.make_trainer([tuple(f.shape[1:]) for f in features]).recipe
+    flow = build_flow(det, features)
+    optimizer = recipe.make_optimizer([p for p in flow.parameters() if p.requires_grad])
     batch = [f[: args.batch_size] for f in features]
-    train_step(det, flow, optimizer, batch)  # warm-up
+    train_step(recipe, flow, optimizer, batch)  # warm-up
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_step(det, flow, optimizer, batch)
+        train_step(recipe, flow, optimizer, batch)
     print(f"\n## {method}: one flow training step (batch {args.batch_size}), torch.profiler, top by self CPU")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
@@ -100,17 +94,17 @@ def profile_train(method, det, features, args):
         variants["FrEIA block"] = dict(freia_block=True)
     flows = {}
     for name, kw in variants.items():
-        f = build_flow(det, params, features, freia_block=kw.pop("freia_block", False))
+        f = build_flow(det, features, freia_block=kw.pop("freia_block", False))
         if "memory_format" in kw:
             f = f.to(memory_format=kw["memory_format"])
-        opt = det._make_optimizer(params)([p for p in f.parameters() if p.requires_grad])
-        train_step(det, f, opt, batch, **kw)
+        opt = recipe.make_optimizer([p for p in f.parameters() if p.requires_grad])
+        train_step(recipe, f, opt, batch, **kw)
         flows[name] = (f, opt, kw)
     times = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (f, opt, kw) in flows.items():
             start = time.perf_counter()
-            train_step(det, f, opt, batch, **kw)
+            train_step(recipe, f, opt, batch, **kw)
             times[name].append(time.perf_counter() - start)
     plain = statistics.median(times["plain"])
     print(f"## {method}: flow training step variants (median of {args.repeats}, interleaved)")
@@ -130,31 +124,32 @@ def profile_inference(method, det, images, args):
     print(f"\n## {method}: score_samples_and_anomaly_map on {len(images)} images, cProfile, top cumulative")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
 
-    from skflow_ad._validation import check_images
+    from skflow_ad.inference import latent_energies
+    from skflow_ad.modes import inference_network
 
-    data = check_images(images)
+    network = inference_network(det)
     backbone = flow = post = convert = 0.0
     with torch.inference_mode():
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            batches = list(data.batches(det.batch_size, det.image_size_, "cpu"))
+            batches = [torch.from_numpy(b) for b in np.array_split(images, max(1, len(images) // det.batch_size))]
             t1 = time.perf_counter()
             convert += t1 - t0
-            for _, batch in batches:
+            for batch in batches:
                 t0 = time.perf_counter()
-                maps = det.extractor_(det._normalize(batch, det.extractor_))
+                maps = network.features(batch)
                 t1 = time.perf_counter()
-                latents, _ = det.flow_([m.float() for m in maps])
+                latents, _ = network.flow(maps)
                 t2 = time.perf_counter()
-                det._image_anomaly_scores(latents, det.image_size_)
-                det._anomaly_maps(latents, det.image_size_)
+                network.head(latents)
+                latent_energies(latents)
                 t3 = time.perf_counter()
                 backbone += t1 - t0
                 flow += t2 - t1
                 post += t3 - t2
     total = convert + backbone + flow + post
     print(f"## {method}: one inference pass split (sum over {args.repeats} passes of {len(images)} images)")
-    for name, t in (("uint8 -> float, resize", convert), ("backbone", backbone), ("flow", flow),
+    for name, t in (("batching", convert), ("backbone", backbone), ("flow", flow),
                     ("score + map", post)):
         print(f"  {name:24s} {t:7.3f}s  {100 * t / total:5.1f}%")
 
@@ -174,7 +169,7 @@ def main(argv=None):
     images = make_images(args.n_images, args.image_size)
     for method in args.methods:
         det = detector(method, args).fit(images)
-        profile_train(method, det, features_of(det, images), args)
+        profile_train(method, det, det.extract_features(images), args)
         profile_inference(method, det, images, args)
 
 

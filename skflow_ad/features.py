@@ -319,9 +319,9 @@ class EfficientNetStage(nn.Module):
         cfg = model.pretrained_cfg or {}
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
-        self.out_channels = self.blocks[-1][-1].conv_pwl.out_channels
-        # Each stage's first block downsamples by its stride ("same" padding: ceil).
-        self.stride = 2 * math.prod(
+        #: Declared shape of the output: channels, and the downsampling ("same" padding: ceil).
+        self.output_channels = self.blocks[-1][-1].conv_pwl.out_channels
+        self.output_stride = 2 * math.prod(
             block[0].conv_dw.stride[0] if hasattr(block[0], "conv_dw") else 1 for block in self.blocks
         )
         freeze(self)
@@ -343,7 +343,7 @@ class ImagePyramidFeatures(FeatureExtractor):
         self.n_scales = n_scales
         self.mean = getattr(trunk, "mean", IMAGENET_MEAN)
         self.std = getattr(trunk, "std", IMAGENET_STD)
-        out_channels = getattr(trunk, "out_channels", None)
+        out_channels = getattr(trunk, "output_channels", None)
         if out_channels is None:
             with torch.no_grad():
                 out_channels = trunk(torch.zeros(1, 3, 64, 64)).shape[1]
@@ -376,9 +376,9 @@ class ImagePyramidFeatures(FeatureExtractor):
         return [(height // 2**scale, width // 2**scale) for scale in range(self.n_scales)]
 
     def feature_shapes(self, working_size):
-        """Declared from the trunk's ``stride`` and ``out_channels`` when it has them, else probed."""
-        stride = getattr(self.trunk, "stride", None)
-        channels = getattr(self.trunk, "out_channels", None)
+        """Declared from the trunk's ``output_stride`` and ``output_channels`` when it has them, else probed."""
+        stride = getattr(self.trunk, "output_stride", None)
+        channels = getattr(self.trunk, "output_channels", None)
         if stride is None or channels is None:
             return [probe_feature_shapes(self.trunk, size)[0] for size in self.pyramid_sizes(working_size)]
         return [(channels, _ceil_div(h, stride), _ceil_div(w, stride)) for h, w in self.pyramid_sizes(working_size)]

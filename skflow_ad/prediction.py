@@ -171,9 +171,9 @@ class ImagePredictionMixin:
             ``predict_mask(X, method)`` is ``log_nfa_map(X, method) < nfa_log_epsilon``
             (less the regions smaller than ``min_region_area``).
         """
+        images = self._checked_images(X, "log_nfa_map")
         default = self.mask_method if self.mask_method in NFA_METHODS else "tree_nfa"
-        method = _checked_method(method, default, NFA_METHODS)
-        return self._predict(self._checked_images(X, "log_nfa_map"), log_nfa=method)["log_nfa"]
+        return self._predict(images, log_nfa=_checked_method(method, default, NFA_METHODS))["log_nfa"]
 
     def predict_mask(self, X, method=None):
         """Segment anomalous pixels without labels.
@@ -195,8 +195,8 @@ class ImagePredictionMixin:
         masks : ndarray of shape (n, H, W), bool, or a list for a list input
             True on anomalous pixels.
         """
-        method = _checked_method(method, self.mask_method, MASK_METHODS)
-        return self._predict(self._checked_images(X, "predict_mask"), masks=method)["masks"]
+        images = self._checked_images(X, "predict_mask")
+        return self._predict(images, masks=_checked_method(method, self.mask_method, MASK_METHODS))["masks"]
 
     def predict_regions(self, X, method=None):
         """The connected anomalous regions of each image's mask: the unit of an inspection decision.
@@ -215,8 +215,9 @@ class ImagePredictionMixin:
             and log10 NFA for the NFA methods or the margin over
             ``pixel_threshold_`` for ``"threshold"``), most severe first.
         """
+        images = self._checked_images(X, "predict_regions")
         method = _checked_method(method, self.mask_method, MASK_METHODS)
-        return self._predict(self._checked_images(X, "predict_regions"), masks=method, regions=True)["regions"]
+        return self._predict(images, masks=method, regions=True)["regions"]
 
     def inspect(self, X, method=None):
         """Scores, labels, maps, masks and regions of every image from one pass of the network.
@@ -234,8 +235,9 @@ class ImagePredictionMixin:
             ``predict_mask`` and ``predict_regions`` (and ``log_nfa_map`` for
             the NFA methods), at the cost of one of them.
         """
+        images = self._checked_images(X, "inspect")
         method = _checked_method(method, self.mask_method, MASK_METHODS)
-        result = self._predict(self._checked_images(X, "inspect"), scores=True, maps=True, masks=method, regions=True)
+        result = self._predict(images, scores=True, maps=True, masks=method, regions=True)
         return Inspection(
             scores=result["scores"], labels=labels_from_decision(result["scores"] - self.offset_),
             anomaly_maps=result["maps"], masks=result["masks"], log_nfa=result.get("log_nfa"),
