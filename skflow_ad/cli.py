@@ -38,7 +38,8 @@ from tqdm import tqdm
 from . import __version__
 from ._validation import IMAGES
 from .base import BaseFlowDetector
-from .datasets import IMAGE_EXTENSIONS, _find_mask, _read_mask, load_images
+from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, load_images
+from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
 from .trainer import resolve_device
 from .uflow import UFlowDetector
@@ -384,30 +385,6 @@ def _one_line(error):
 # ---------------------------------------------------------------------------
 
 
-def _is_image_file(path):
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _find_images(folder, *, recursive, exclude=None):
-    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path.
-
-    Hidden files and folders are skipped, and so is the folder ``exclude``
-    (resolved), so that results written inside the data are not read back.
-    """
-    found = []
-    for directory, subfolders, files in os.walk(folder):
-        directory = Path(directory)
-        if recursive:
-            subfolders[:] = [
-                name for name in subfolders
-                if not name.startswith(".") and (exclude is None or (directory / name).resolve() != exclude)
-            ]
-        else:
-            subfolders[:] = []
-        found += [directory / name for name in files if _is_image_file(directory / name)]
-    return sorted(found, key=lambda path: path.relative_to(folder).parts)
-
-
 def _read_images(paths, *, color, show_progress=False):
     """Images at their native sizes: one uint8 array when they share a size, else a list of arrays."""
     progress = tqdm(paths, desc="reading", unit="img", disable=not show_progress)
@@ -490,15 +467,11 @@ def _make_detector(detector_class, params):
 
 def _training_image_paths(data):
     _check_folder(data, "data folder")
-    mvtec_train = data / "train" / "good"
-    if mvtec_train.is_dir():
-        folder, recursive = mvtec_train, False
-    else:
-        folder, recursive = data, True
-    paths = _find_images(folder, recursive=recursive)
+    if (data / "train" / "good").is_dir():
+        return find_mvtec_files(data, split="train").train_paths
+    paths = find_image_files(data, recursive=True)
     if not paths:
-        where = f"{folder} or its subfolders" if recursive else str(folder)
-        raise CommandError(f"no image files ({_describe_extensions()}) in {where}.")
+        raise CommandError(f"no image files ({_describe_extensions()}) in {data} or its subfolders.")
     return paths
 
 
@@ -564,48 +537,16 @@ class ScoringSet:
     mask_paths: list | None = None
 
 
-def _is_mvtec_root(data):
-    test = data / "test"
-    if not test.is_dir() or not ((data / "train").is_dir() or (data / "ground_truth").is_dir()):
-        return False
-    return any(child.is_dir() and not child.name.startswith(".") for child in test.iterdir())
-
-
-def _mvtec_test_split(data, exclude):
-    """The test images, ``test/good`` first then the other folders alphabetically, as in load_mvtec_folder."""
-    test = data / "test"
-    folders = sorted(
-        (
-            child for child in test.iterdir()
-            if child.is_dir() and not child.name.startswith(".") and child.resolve() != exclude
-        ),
-        key=lambda folder: (folder.name != "good", folder.name),
-    )
-    paths, defect_types = [], []
-    for folder in folders:
-        found = _find_images(folder, recursive=False)
-        paths += found
-        defect_types += [folder.name] * len(found)
-    if not paths:
-        raise CommandError(f"no image files ({_describe_extensions()}) in the subfolders of {test}.")
-    ground_truth = data / "ground_truth"
-    mask_paths = [
-        None if defect_type == "good" else _find_mask(ground_truth, defect_type, path)
-        for path, defect_type in zip(paths, defect_types)
-    ]
-    labels = np.where(np.asarray(defect_types) == "good", 1, -1)
-    return ScoringSet(paths, test, labels, mask_paths)
-
-
 def _scoring_set(data, exclude):
     if data.is_file():
-        if not _is_image_file(data):
+        if not is_image_file(data):
             raise CommandError(f"{data} is not an image file ({_describe_extensions()}).")
         return ScoringSet([data], data.parent)
     _check_folder(data, "data folder")
-    if _is_mvtec_root(data):
-        return _mvtec_test_split(data, exclude)
-    paths = _find_images(data, recursive=True, exclude=exclude)
+    if is_mvtec_root(data):
+        files = find_mvtec_files(data, split="test", exclude=exclude)
+        return ScoringSet(files.test_paths, data / "test", files.y_test, files.mask_paths)
+    paths = find_image_files(data, recursive=True, exclude=exclude)
     if not paths:
         raise CommandError(f"no image files ({_describe_extensions()}) in {data} or its subfolders.")
     return ScoringSet(paths, data)
@@ -787,7 +728,7 @@ def _ground_truth_mask(dataset, index, shape):
     mask_path = dataset.mask_paths[index]
     if mask_path is None:
         return np.zeros(shape, dtype=bool)
-    mask = _read_mask(mask_path)
+    mask = read_mask(mask_path)
     if mask.shape != shape:
         raise CommandError(
             f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but its image {dataset.paths[index]} is "

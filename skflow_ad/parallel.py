@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import IMAGES, batch_layout
-from .datasets import _check_image_size, _check_paths, _describe_size, load_images
+from .datasets._parameters import check_image_size
+from .datasets.files import check_paths, describe_size, load_images
 
 __all__ = ["score_partitions"]
 
@@ -87,8 +88,8 @@ def _apply_to_files(paths, estimator, method, image_size, color, reference):
     images = load_images(list(paths), image_size=image_size, color=color)
     if reference is not None and images.shape[1:3] != reference[0]:
         raise ValueError(
-            f"images differ in size: {paths[0]} is {_describe_size(images.shape[1:3])} but {reference[1]} is "
-            f"{_describe_size(reference[0])}, and the maps of all images form one array. Pass "
+            f"images differ in size: {paths[0]} is {describe_size(images.shape[1:3])} but {reference[1]} is "
+            f"{describe_size(reference[0])}, and the maps of all images form one array. Pass "
             f"image_size=(height, width) (or an int for squares) to read all images at one size."
         )
     return getattr(estimator, method)(images)
@@ -225,8 +226,8 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
     maps = method in _MAP_METHODS
 
     if isinstance(images, (str, bytes, os.PathLike)) or _is_path_sequence(images):
-        paths = [os.fspath(path) for path in _check_paths(images)]
-        target_size = _check_image_size(image_size, allow_none=True)
+        paths = [os.fspath(path) for path in check_paths(images)]
+        target_size = check_image_size(image_size, allow_none=True)
         if color is None:
             color = getattr(estimator, "n_channels_", 1) == 3
         elif not isinstance(color, (bool, np.bool_)):

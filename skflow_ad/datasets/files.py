@@ -1,0 +1,321 @@
+"""Image files: reading them into arrays, alone or as the first step of a pipeline.
+
+:func:`load_images` reads a list of files into one array and
+:class:`ImageFileLoader` does the same inside a scikit-learn
+:class:`~sklearn.pipeline.Pipeline`. The helpers that find, open and read
+image files live here too, for the MVTec-AD reader, the command line and
+:func:`~skflow_ad.score_partitions`.
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
+
+from ._parameters import check_bool, check_image_size
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFileLoader",
+    "check_paths",
+    "describe_size",
+    "find_image_files",
+    "image_file_size",
+    "is_image_file",
+    "load_images",
+    "open_image",
+    "read_image",
+]
+
+#: File name endings (any case) read as images.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+_RESAMPLING = getattr(Image, "Resampling", Image)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def describe_size(size):
+    """``(H, W)`` as text for messages: ``"H x W (height x width)"``."""
+    return f"{size[0]} x {size[1]} (height x width)"
+
+
+def _to_8bit(image, color):
+    """A PIL image as 8-bit ``"L"`` or ``"RGB"``; 16-bit gray is divided by 257."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode != "F":
+            values = values / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB" if color else "L")
+
+
+def open_image(path):
+    """Open and decode an image file, with errors that name the file."""
+    try:
+        image = Image.open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not an image file.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image file {path}: {error}") from error
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
+        raise ValueError(f"cannot read image file {path}: {error}") from error
+    return image
+
+
+def _read_image(path, *, target_size, color):
+    """Read one image as uint8 ``(H, W)`` or ``(H, W, 3)``; also return its native ``(H, W)``."""
+    with open_image(path) as image:
+        native_size = (image.height, image.width)
+        image = _to_8bit(image, color)
+        if target_size is not None and target_size != native_size:
+            image = image.resize((target_size[1], target_size[0]), resample=_RESAMPLING.BILINEAR)
+        return np.asarray(image, dtype=np.uint8), native_size
+
+
+def check_paths(paths):
+    """A list of image paths as ``Path`` objects; ``TypeError`` / ``ValueError`` naming the problem."""
+    if isinstance(paths, (str, bytes, PathLike)):
+        raise TypeError(f"expected a list of image paths, got the single path {paths!r}; wrap it in a list.")
+    if isinstance(paths, np.ndarray) and paths.ndim == 2 and paths.shape[1] == 1:
+        # A one-column table of paths, as a ColumnTransformer passes it on.
+        paths = paths[:, 0]
+    try:
+        paths = list(paths)
+    except TypeError:
+        raise TypeError(f"expected a list of image paths, got {type(paths).__name__}.") from None
+    for index, path in enumerate(paths):
+        if not isinstance(path, (str, PathLike)):
+            raise TypeError(
+                f"image paths must be str or os.PathLike; item {index} is {path!r} ({type(path).__name__})."
+            )
+    if not paths:
+        raise ValueError("the list of image paths is empty.")
+    return [Path(path) for path in paths]
+
+
+def is_image_file(path):
+    """Whether ``path`` is a file with an image extension (any case) that is not hidden."""
+    path = Path(path)
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_image_files(folder, *, recursive=False, exclude=None):
+    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path.
+
+    Hidden files and folders are skipped (see :func:`is_image_file`), and so
+    is the folder ``exclude`` (compared resolved), so that results written
+    inside the data are not read back as images.
+
+    Returns
+    -------
+    paths : list of Path
+    """
+    folder = Path(folder)
+    exclude = None if exclude is None else Path(exclude).resolve()
+    found = []
+    for directory, subfolders, files in os.walk(folder):
+        directory = Path(directory)
+        if recursive:
+            subfolders[:] = [
+                name for name in subfolders
+                if not name.startswith(".") and (exclude is None or (directory / name).resolve() != exclude)
+            ]
+        else:
+            subfolders[:] = []
+        found += [directory / name for name in files if is_image_file(directory / name)]
+    return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def image_file_size(path):
+    """The ``(H, W)`` of an image file, from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image file {path}: {error}") from error
+
+
+def read_image(path, *, image_size=None, color=False):
+    """Read one image file.
+
+    Parameters
+    ----------
+    path : str or path-like
+    image_size : int, (int, int) or None, default=None
+        As in :func:`load_images`.
+    color : bool, default=False
+        As in :func:`load_images`.
+
+    Returns
+    -------
+    image : ndarray of shape (H, W) or (H, W, 3)
+        Of the dtype :func:`load_images` gives this file.
+    """
+    image, _ = _read_image(path, target_size=check_image_size(image_size, allow_none=True),
+                           color=check_bool(color, "color"))
+    return image
+
+
+def _read_images(paths, *, target_size, color):
+    """Read images into one uint8 array; without ``target_size`` they must share one size."""
+    images = None
+    reference = None
+    for index, path in enumerate(paths):
+        image, native_size = _read_image(path, target_size=target_size, color=color)
+        if target_size is None:
+            if reference is None:
+                reference = (native_size, path)
+            elif native_size != reference[0]:
+                raise ValueError(
+                    f"images differ in size: {path} is {describe_size(native_size)} but {reference[1]} is "
+                    f"{describe_size(reference[0])}. Pass image_size=(height, width) (or an int for "
+                    f"squares) to resize all images to one size."
+                )
+        if images is None:
+            images = np.empty((len(paths), *image.shape), dtype=np.uint8)
+        images[index] = image
+    return images
+
+
+def load_images(paths, *, image_size=None, color=False):
+    """Read image files into one array.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        Image files in any format Pillow reads (PNG, JPEG, BMP, TIFF, ...).
+        A 2-d array with a single column is read as its column.
+    image_size : int, (int, int) or None, default=None
+        None keeps the native size, which then must be the same for all
+        images. An int resizes to squares, a pair to ``(height, width)``, with
+        bilinear interpolation (anti-aliased when shrinking).
+    color : bool, default=False
+        False converts to 8-bit gray, True to 8-bit RGB (alpha channels are
+        dropped). 16-bit gray images are divided by 257; 32-bit float images
+        are read as values in 0-255.
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
+        The images in the order of ``paths``.
+
+    Raises
+    ------
+    TypeError
+        If ``paths`` is a single path or holds something that is not a path.
+    ValueError
+        If ``paths`` is empty, a file cannot be decoded as an image, or images
+        differ in size while ``image_size`` is None.
+    FileNotFoundError
+        If a file does not exist.
+    """
+    paths = check_paths(paths)
+    target_size = check_image_size(image_size, allow_none=True)
+    color = check_bool(color, "color")
+    return _read_images(paths, target_size=target_size, color=color)
+
+
+class ImageFileLoader(TransformerMixin, BaseEstimator):
+    """Read image files: the first step of a pipeline that starts from file paths.
+
+    A stateless transformer: ``fit`` only checks the parameters, and
+    ``transform`` maps a list of paths to an image array with
+    :func:`load_images`, so that for instance
+    ``Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])``
+    fits and predicts on lists of files.
+
+    Parameters
+    ----------
+    image_size : int, (int, int) or None, default=None
+        None keeps the native size (all images must then share it); an int
+        resizes to squares, a pair to ``(height, width)``.
+    color : bool, default=False
+        False gives gray ``(n, H, W)`` images, True RGB ``(n, H, W, 3)``.
+
+    See Also
+    --------
+    load_images : The function this transformer applies.
+
+    Examples
+    --------
+    >>> from skflow_ad.datasets import ImageFileLoader
+    >>> ImageFileLoader(image_size=(48, 64), color=True).fit()
+    ImageFileLoader(color=True, image_size=(48, 64))
+
+    Starting a pipeline from file paths, with ``detector`` any estimator that
+    takes image arrays:
+
+    >>> from sklearn.pipeline import Pipeline
+    >>> pipeline = Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])  # doctest: +SKIP
+    >>> pipeline.fit(train_paths).predict(test_paths)  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+        "color": ["boolean"],
+    }
+
+    def __init__(self, image_size=None, color=False):
+        self.image_size = image_size
+        self.color = color
+
+    def _check_parameters(self):
+        self._validate_params()
+        return check_image_size(self.image_size, allow_none=True)
+
+    def fit(self, X=None, y=None):
+        """Check the parameters; nothing is learned.
+
+        Parameters
+        ----------
+        X : ignored
+            Accepted for compatibility with :class:`~sklearn.pipeline.Pipeline`.
+        y : ignored
+
+        Returns
+        -------
+        self : ImageFileLoader
+        """
+        self._check_parameters()
+        return self
+
+    def transform(self, X):
+        """Read the image files.
+
+        Parameters
+        ----------
+        X : sequence of str or path-like, length n
+            Image file paths.
+
+        Returns
+        -------
+        images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
+        """
+        target_size = self._check_parameters()
+        paths = check_paths(X)
+        return _read_images(paths, target_size=target_size, color=self.color)
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
