@@ -38,7 +38,7 @@ from tqdm import tqdm
 from . import __version__
 from ._validation import IMAGES
 from .base import BaseFlowDetector
-from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, load_images
+from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, read_image, stack_images
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
 from .trainer import resolve_device
@@ -386,12 +386,9 @@ def _one_line(error):
 
 
 def _read_images(paths, *, color, show_progress=False):
-    """Images at their native sizes: one uint8 array when they share a size, else a list of arrays."""
+    """Images at their native sizes: one array when they share a size, else a list of arrays."""
     progress = tqdm(paths, desc="reading", unit="img", disable=not show_progress)
-    images = [load_images([path], color=color)[0] for path in progress]
-    if len({image.shape for image in images}) == 1:
-        return np.stack(images)
-    return images
+    return stack_images([read_image(path, color=color) for path in progress])
 
 
 def _describe_extensions():

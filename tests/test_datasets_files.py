@@ -33,11 +33,94 @@ def test_load_images_gray_color_and_resize(image_files):
     assert load_images(column_of_paths, image_size=(4, 6), color=True).shape == (4, 4, 6, 3)
 
 
-def test_load_images_sixteen_bit_gray(tmp_path):
+# ---------------------------------------------------------------------------
+# What each file type becomes (the table in docs/user_guide.md, "Data loading")
+# ---------------------------------------------------------------------------
+
+
+def _save(array, path):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_float_tiffs_in_unit_range_are_float32_not_black(tmp_path):
+    values = np.array([[0.0, 0.25, 0.5], [0.75, 0.9, 1.0]], dtype=np.float32)
+    path = _save(values, tmp_path / "float.tif")
+    assert Image.open(path).mode == "F"
+    loaded = load_images([path])
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded[0], values)
+    color = load_images([path], color=True)
+    assert color.shape == (1, 2, 3, 3) and color.dtype == np.float32
+    np.testing.assert_array_equal(color[0], np.repeat(values[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize("values, match", [
+    (np.array([[0.0, 255.0]], dtype=np.float32), r"float\.tif holds floating-point values in \[0, 255\]"),
+    (np.array([[-0.5, 0.5]], dtype=np.float32), r"\[-0\.5, 0\.5\].*must lie in \[0, 1\]"),
+    (np.array([[np.nan, 0.5]], dtype=np.float32), "NaN or infinity"),
+])
+def test_float_tiffs_outside_the_unit_range_are_rejected(tmp_path, values, match):
+    path = _save(values, tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=match):
+        load_images([path])
+
+
+def test_sixteen_bit_pngs_stay_uint16(tmp_path):
     values = np.array([[0, 257, 65535], [25700, 1000, 51400]], dtype=np.uint16)
-    Image.fromarray(values).save(tmp_path / "deep.png")
-    loaded = load_images([tmp_path / "deep.png"])
-    np.testing.assert_array_equal(loaded[0], np.rint(values / 257).astype(np.uint8))
+    path = _save(values, tmp_path / "deep.png")
+    loaded = load_images([path])
+    assert loaded.dtype == np.uint16
+    np.testing.assert_array_equal(loaded[0], values)
+    assert load_images([path], color=True)[0].tolist() == np.repeat(values[..., None], 3, axis=-1).tolist()
+
+
+def test_thirty_two_bit_integer_files_keep_their_range_as_uint16(tmp_path):
+    values = np.array([[0, 7, 300], [40000, 65535, 12]], dtype=np.int32)
+    path = _save(values, tmp_path / "counts.tif")
+    assert Image.open(path).mode == "I"
+    loaded = load_images([path])
+    assert loaded.dtype == np.uint16
+    np.testing.assert_array_equal(loaded[0], values)
+    for bad in (np.array([[0, 70000]], dtype=np.int32), np.array([[-1, 5]], dtype=np.int32)):
+        _save(bad, tmp_path / "wide.tif")
+        with pytest.raises(ValueError, match=r"wide\.tif holds 32-bit integer values in \[-?\d+, \d+\].*0-65535"):
+            load_images([tmp_path / "wide.tif"])
+
+
+def test_high_depth_images_resize_at_their_depth(tmp_path):
+    rng = np.random.RandomState(0)
+    deep = (rng.rand(9, 7) * 65535).astype(np.uint16)
+    unit = rng.rand(9, 7).astype(np.float32)
+    for values in (deep, unit):
+        path = _save(values, tmp_path / "image.tif")
+        resized = load_images([path], image_size=(4, 5))[0]
+        reference = np.asarray(Image.fromarray(values.astype(np.float32)).resize((5, 4), Image.BILINEAR))
+        if values.dtype == np.uint16:
+            reference = np.rint(reference).astype(np.uint16)
+        assert resized.dtype == values.dtype
+        np.testing.assert_array_equal(resized, reference)
+        assert 0 <= resized.min() and resized.max() <= (65535 if values.dtype == np.uint16 else 1)
+
+
+def test_files_of_different_depths_are_read_at_the_widest_one(tmp_path):
+    eight = np.array([[0, 128, 255]], dtype=np.uint8)
+    sixteen = np.array([[0, 1000, 65535]], dtype=np.uint16)
+    unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    paths = [_save(eight, tmp_path / "a.png"), _save(sixteen, tmp_path / "b.png"), _save(unit, tmp_path / "c.tif")]
+    both = load_images(paths[:2])
+    assert both.dtype == np.uint16
+    np.testing.assert_array_equal(both, [eight.astype(np.uint16) * 257, sixteen])
+    every = load_images(paths)
+    assert every.dtype == np.float32
+    np.testing.assert_array_equal(every, [eight / np.float32(255), sixteen / np.float32(65535), unit])
+    assert load_images(paths[::-1]).dtype == np.float32  # whatever the order
+
+
+def test_image_file_loader_reads_float_files(tmp_path):
+    values = np.random.RandomState(1).rand(2, 6, 5).astype(np.float32)
+    paths = [_save(image, tmp_path / f"{index}.tiff") for index, image in enumerate(values)]
+    np.testing.assert_array_equal(ImageFileLoader().fit_transform(paths), values)
 
 
 def test_load_images_errors(tmp_path, image_files):

@@ -194,3 +194,24 @@ def test_load_mvtec_folder_on_kolektorsdd():
     assert data.masks_test[data.y_test == -1].any(axis=(1, 2)).mean() > 0.9
     assert not data.masks_test[data.y_test == 1].any()
     assert 0 < data.masks_test[data.y_test == -1].mean() < 0.05
+
+
+def test_load_mvtec_folder_reads_float_tiffs_and_deep_masks(tmp_path):
+    rng = np.random.RandomState(0)
+    root = tmp_path / "float"
+    written = {}
+    for split, folder, count in (("train", "good", 2), ("test", "good", 1), ("test", "dent", 1)):
+        for index in range(count):
+            values = rng.rand(HEIGHT, WIDTH).astype(np.float32)
+            path = root / split / folder / f"{index:03d}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(values).save(path)
+            written[f"{split}/{folder}/{index}"] = values
+    mask = _square_mask(3, 2, 4)
+    (root / "ground_truth" / "dent").mkdir(parents=True)
+    Image.fromarray(mask.astype(np.uint16)).save(root / "ground_truth" / "dent" / "000_mask.png")  # 16-bit 0/1
+    data = load_mvtec_folder(root)
+    assert data.X_train.dtype == np.float32 and data.X_test.dtype == np.float32
+    np.testing.assert_array_equal(data.X_train, [written["train/good/0"], written["train/good/1"]])
+    np.testing.assert_array_equal(data.X_test[1], written["test/dent/0"])
+    np.testing.assert_array_equal(data.masks_test[1], mask)

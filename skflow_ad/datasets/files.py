@@ -22,23 +22,32 @@ from sklearn.utils._param_validation import Interval
 from ._parameters import check_bool, check_image_size
 
 __all__ = [
+    "DEPTHS",
     "IMAGE_EXTENSIONS",
     "ImageFileLoader",
     "check_paths",
     "describe_size",
     "find_image_files",
     "image_file_size",
+    "is_high_depth_mode",
     "is_image_file",
     "load_images",
     "open_image",
     "read_image",
+    "stack_images",
+    "to_depth",
+    "widest_depth",
 ]
 
 #: File name endings (any case) read as images.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-_RESAMPLING = getattr(Image, "Resampling", Image)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_RESAMPLING = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the filters on Image
+
+#: Pixel dtypes of the arrays read from files, narrowest first: 8-bit files give
+#: uint8, 16-bit and 32-bit integer files uint16, 32-bit float files float32.
+DEPTHS = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+_UINT16_MAX = np.iinfo(np.uint16).max
 
 
 def describe_size(size):
@@ -46,14 +55,75 @@ def describe_size(size):
     return f"{size[0]} x {size[1]} (height x width)"
 
 
-def _to_8bit(image, color):
-    """A PIL image as 8-bit ``"L"`` or ``"RGB"``; 16-bit gray is divided by 257."""
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode != "F":
-            values = values / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB" if color else "L")
+def is_high_depth_mode(mode):
+    """Whether Pillow holds the image with more than 8 bits per sample: one channel of I;16*, I or F."""
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
+def _high_depth_values(image, path):
+    """A one-channel high-depth image as uint16 (integer modes) or float32 in [0, 1] (mode F)."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float32, copy=False)
+        if not np.isfinite(values).all():
+            raise ValueError(f"image file {path} holds NaN or infinity; images must be finite.")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"image file {path} holds floating-point values in [{low:.4g}, {high:.4g}]; floating-point "
+                f"images must lie in [0, 1]. Rescale the file to [0, 1] (or save it as 8 or 16-bit integers)."
+            )
+        return values
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > _UINT16_MAX:
+        raise ValueError(
+            f"image file {path} holds 32-bit integer values in [{low}, {high}]; integer images are read on "
+            f"the 16-bit scale 0-65535 (0 black, 65535 white). Save the file as 16-bit integers, or as "
+            f"floating point in [0, 1]."
+        )
+    return values.astype(np.uint16)
+
+
+def _resize_high_depth(values, target_size):
+    """Bilinear resize (anti-aliased when shrinking) of uint16 or float32 ``(H, W)`` values, same dtype."""
+    resized = Image.fromarray(values.astype(np.float32)).resize(
+        (target_size[1], target_size[0]), resample=_RESAMPLING.BILINEAR
+    )
+    resized = np.asarray(resized)
+    if values.dtype == np.uint16:
+        return np.clip(np.rint(resized), 0, _UINT16_MAX).astype(np.uint16)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def to_depth(images, dtype):
+    """Pixel values converted to a wider dtype of :data:`DEPTHS`, black and white kept.
+
+    uint8 images span 0-255, uint16 0-65535 and floating-point ones [0, 1]:
+    uint8 to uint16 multiplies by 257 (exact), integers to float32 divide by
+    the integer maximum.
+
+    Parameters
+    ----------
+    images : ndarray of dtype uint8, uint16 or float32
+    dtype : numpy dtype, at least as wide as ``images.dtype`` in :data:`DEPTHS`
+
+    Returns
+    -------
+    converted : ndarray of dtype ``dtype``, shaped like ``images``
+    """
+    source, dtype = np.dtype(images.dtype), np.dtype(dtype)
+    if DEPTHS.index(dtype) < DEPTHS.index(source):
+        raise ValueError(f"to_depth converts to wider dtypes only; {source} does not fit in {dtype}.")
+    if source == dtype:
+        return images
+    if dtype == np.float32:
+        return images.astype(np.float32) / np.float32(np.iinfo(source).max)
+    return images.astype(np.uint16) * np.uint16(257)
+
+
+def widest_depth(dtypes):
+    """The widest of ``dtypes`` in :data:`DEPTHS` order (uint8 < uint16 < float32)."""
+    return max((np.dtype(dtype) for dtype in dtypes), key=DEPTHS.index)
 
 
 def open_image(path):
@@ -75,11 +145,17 @@ def open_image(path):
 
 
 def _read_image(path, *, target_size, color):
-    """Read one image as uint8 ``(H, W)`` or ``(H, W, 3)``; also return its native ``(H, W)``."""
+    """Read one image (dtype by :data:`DEPTHS`), ``(H, W)`` or ``(H, W, 3)``; also return its native ``(H, W)``."""
     with open_image(path) as image:
         native_size = (image.height, image.width)
-        image = _to_8bit(image, color)
-        if target_size is not None and target_size != native_size:
+        resize = target_size is not None and target_size != native_size
+        if is_high_depth_mode(image.mode):
+            values = _high_depth_values(image, path)
+            if resize:
+                values = _resize_high_depth(values, target_size)
+            return (np.repeat(values[..., None], 3, axis=-1) if color else values), native_size
+        image = image.convert("RGB" if color else "L")
+        if resize:
             image = image.resize((target_size[1], target_size[0]), resample=_RESAMPLING.BILINEAR)
         return np.asarray(image, dtype=np.uint8), native_size
 
@@ -171,7 +247,7 @@ def read_image(path, *, image_size=None, color=False):
 
 
 def _read_images(paths, *, target_size, color):
-    """Read images into one uint8 array; without ``target_size`` they must share one size."""
+    """Read images into one array at the widest depth among them; without ``target_size`` they must share one size."""
     images = None
     reference = None
     for index, path in enumerate(paths):
@@ -186,8 +262,33 @@ def _read_images(paths, *, target_size, color):
                     f"squares) to resize all images to one size."
                 )
         if images is None:
-            images = np.empty((len(paths), *image.shape), dtype=np.uint8)
+            images = np.empty((len(paths), *image.shape), dtype=image.dtype)
+        elif image.dtype != images.dtype:
+            dtype = widest_depth([image.dtype, images.dtype])
+            if dtype != images.dtype:  # rare: a deeper file after shallower ones
+                images = to_depth(images, dtype)
+            image = to_depth(image, dtype)
         images[index] = image
+    return images
+
+
+def stack_images(images):
+    """Images as one array when they share a shape, else as a list; all at the widest depth among them.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        ``(H, W)`` or ``(H, W, C)`` images as :func:`read_image` returns them.
+
+    Returns
+    -------
+    stacked : ndarray of shape (n, H, W) or (n, H, W, C), or list of ndarray
+        A list when the shapes differ, as the detectors accept images of several sizes.
+    """
+    dtype = widest_depth(image.dtype for image in images)
+    images = [to_depth(image, dtype) for image in images]
+    if len({image.shape for image in images}) == 1:
+        return np.stack(images)
     return images
 
 
@@ -204,24 +305,47 @@ def load_images(paths, *, image_size=None, color=False):
         images. An int resizes to squares, a pair to ``(height, width)``, with
         bilinear interpolation (anti-aliased when shrinking).
     color : bool, default=False
-        False converts to 8-bit gray, True to 8-bit RGB (alpha channels are
-        dropped). 16-bit gray images are divided by 257; 32-bit float images
-        are read as values in 0-255.
+        False gives gray ``(n, H, W)`` images, True RGB ``(n, H, W, 3)``
+        (alpha channels are dropped; gray files are repeated to three
+        channels).
 
     Returns
     -------
-    images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
-        The images in the order of ``paths``.
+    images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8, uint16 or float32
+        The images in the order of ``paths``, at the depth of the files:
+        8-bit files (and palette, bilevel, RGB, RGBA, CMYK, ... files, which
+        Pillow decodes to 8 bits per channel) give ``uint8``; 16-bit gray
+        files ``uint16`` with their values unchanged; 32-bit integer files
+        ``uint16`` too, when their values lie in 0-65535; 32-bit float files
+        ``float32``, whose values must lie in [0, 1]. Files of several depths
+        give the widest one (``uint8 < uint16 < float32``), values rescaled
+        so that black and white stay black and white. The detectors accept
+        all three dtypes.
 
     Raises
     ------
     TypeError
         If ``paths`` is a single path or holds something that is not a path.
     ValueError
-        If ``paths`` is empty, a file cannot be decoded as an image, or images
-        differ in size while ``image_size`` is None.
+        If ``paths`` is empty, a file cannot be decoded as an image, a float
+        file holds values outside [0, 1] (or NaN), a 32-bit integer file
+        values outside 0-65535, or images differ in size while
+        ``image_size`` is None.
     FileNotFoundError
         If a file does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skflow_ad.datasets import load_images
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.fromarray(np.full((4, 6), 200, dtype=np.uint8)).save(os.path.join(folder, "a.png"))
+    >>> Image.fromarray(np.full((4, 6), 0.5, dtype=np.float32)).save(os.path.join(folder, "b.tif"))
+    >>> images = load_images([os.path.join(folder, "a.png"), os.path.join(folder, "b.tif")])
+    >>> images.shape, images.dtype, images[:, 0, 0].round(3).tolist()
+    ((2, 4, 6), dtype('float32'), [0.784, 0.5])
     """
     paths = check_paths(paths)
     target_size = check_image_size(image_size, allow_none=True)
@@ -303,7 +427,8 @@ class ImageFileLoader(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
+        images : ndarray of shape (n, H, W) or (n, H, W, 3)
+            uint8, uint16 or float32 by the files' depth, as in :func:`load_images`.
         """
         target_size = self._check_parameters()
         paths = check_paths(X)

@@ -24,7 +24,9 @@ from PIL import Image
 from sklearn.utils import Bunch
 
 from ._parameters import check_bool, check_image_size
-from .files import IMAGE_EXTENSIONS, describe_size, find_image_files, image_file_size, load_images, open_image
+from .files import (
+    IMAGE_EXTENSIONS, describe_size, find_image_files, image_file_size, is_high_depth_mode, load_images, open_image,
+)
 
 __all__ = ["find_mask", "find_mvtec_files", "is_mvtec_root", "load_mvtec_folder", "read_mask"]
 
@@ -34,7 +36,6 @@ _MVTEC_LAYOUT = (
 )
 _SPLITS = ("all", "train", "test")
 _RESAMPLING = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the filters on Image
-_MASK_MODES = ("1", "L", "F", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def is_mvtec_root(path):
@@ -172,7 +173,7 @@ def read_mask(path):
     compressed masks alike; an all-zero file is an empty mask.
     """
     with open_image(path) as image:
-        if image.mode in _MASK_MODES:
+        if image.mode in ("1", "L") or is_high_depth_mode(image.mode):
             values = np.asarray(image)
         else:
             values = np.asarray(image.convert("L"))
