@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import IMAGES, batch_layout
 from .datasets._parameters import check_image_size
-from .datasets.files import check_paths, describe_size, load_images
+from .datasets.files import check_paths, describe_size, image_file_size, load_images, read_image, stack_images
 
 __all__ = ["score_partitions"]
 
@@ -66,7 +66,7 @@ def _check_channels(estimator, n_channels):
 def _native_size(path, method):
     """``(H, W)`` of the first image file, read here to shape the maps of all of them."""
     try:
-        return load_images([path]).shape[1:3]
+        return image_file_size(path)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{method} of image files read at their native size needs the size of the first one, and "
@@ -83,8 +83,12 @@ def _apply_to_files(paths, estimator, method, image_size, color, reference):
     """Read one partition of image files, then apply ``estimator.<method>``.
 
     ``reference`` is None or the ``((H, W), path)`` that every image must match,
-    for maps of files read at their native size.
+    for maps of files read at their native size. Scores of files read at their
+    native size take images of several sizes (a list of arrays).
     """
+    if image_size is None and method in _SCORE_METHODS:
+        images = stack_images([read_image(path, color=color) for path in paths])
+        return getattr(estimator, method)(images)
     images = load_images(list(paths), image_size=image_size, color=color)
     if reference is not None and images.shape[1:3] != reference[0]:
         raise ValueError(
@@ -121,7 +125,8 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
           the first axis and a single chunk along the others;
         - image file paths (as for :func:`~skflow_ad.load_images`): each task
           reads its own partition of files, so only the paths are sent to the
-          workers, and the files must be readable there.
+          workers, and the files must be readable there. Files of several
+          sizes give one score each; their maps need ``image_size``.
     method : {"score_samples", "decision_function", "predict", "anomaly_map", \
 "log_nfa_map", "predict_mask"}, default="score_samples"
         The detector method to apply. ``score_samples`` is higher for more
@@ -134,10 +139,11 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
         ``estimator.batch_size`` images at a time whatever the partition size.
     image_size : int, (int, int) or None, default=None
         Paths only: the size the files are read at, as in
-        :func:`~skflow_ad.load_images`. None keeps each file's native size;
-        the map methods then read the first file here to learn the size of
-        the maps, and a partition holding another size fails with a
-        ``ValueError`` when computed.
+        :func:`~skflow_ad.load_images`. None keeps each file's native size:
+        the score methods then take files of any sizes, while the map methods
+        read the first file's header here to learn the size of the maps, and
+        a partition holding another size fails with a ``ValueError`` when
+        computed (the maps of all images form one array).
     color : bool or None, default=None
         Paths only: read the files as RGB (True) or gray (False). None reads
         them with the channel count the detector was fitted on
