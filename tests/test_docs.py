@@ -63,3 +63,15 @@ def test_user_guide_examples_run(tmp_path, monkeypatch, one_torch_thread):
     finally:
         if "matplotlib.pyplot" in __import__("sys").modules:
             __import__("matplotlib.pyplot").pyplot.close("all")
+
+
+def test_parameters_fixed_at_fit_are_not_called_prediction_parameters():
+    # CS-Flow's map_mode is fixed at fit (tests/test_csflow.py checks that set_params leaves the maps
+    # alone): the guide must not list it, nor the other fit-time parameters, as read when predicting.
+    text = " ".join((DOCS / "user_guide.md").read_text(encoding="utf-8").split())
+    sentences = re.findall(r"[^.]*read (?:when|at) predict(?:ing|ion time)[^.]*\.", text)
+    assert sentences
+    for sentence in sentences:
+        for name in ("map_mode", "contamination", "pixel_quantile"):
+            if f"`{name}`" in sentence:
+                assert "fixed at fit" in sentence or "next `fit`" in sentence, sentence
