@@ -79,37 +79,3 @@ def test_compile_failure_is_a_clear_error(fitted_uflow, small_images, monkeypatc
         det.score_samples(small_images)
     det.set_params(compile_inference=False)  # the fitted model is intact
     np.testing.assert_array_equal(det.score_samples(small_images), fitted_uflow.score_samples(small_images))
-
-
-@pytest.mark.parametrize("shape, subnet", [((6, 5, 5), "conv"), ((7,), "mlp")])
-@pytest.mark.parametrize(
-    "options", [{}, {"reverse_permutation": True}, {"permute_soft": True}, {"learned_householder_permutation": 2}]
-)
-def test_indexed_permutation_equals_freias_block(shape, subnet, options):
-    import FrEIA.modules as Fm
-
-    from skflow_ad.nn._blocks import AllInOneBlock, ConvSubnet, MLPSubnet, SubnetFactory, seeded
-
-    factory = (SubnetFactory(ConvSubnet, kernel_size=3, hidden_ratio=1.0) if subnet == "conv"
-               else SubnetFactory(MLPSubnet, hidden_ratio=1.0))
-    blocks = []
-    for block_type in (Fm.AllInOneBlock, AllInOneBlock):
-        with seeded(0):
-            blocks.append(block_type([shape], subnet_constructor=factory, **options))
-    freia, ours = blocks
-    assert list(ours.state_dict()) == list(freia.state_dict())
-    ours.load_state_dict(freia.state_dict())
-    hard = not options.get("permute_soft") and not options.get("learned_householder_permutation")
-    assert hasattr(ours, "_perm_index") == hard
-    x = torch.randn(4, *shape, requires_grad=True)
-    outputs, grads = [], []
-    for block in (freia, ours):
-        (y,), log_jac_det = block([x])
-        (x_back,), _ = block([y], rev=True)
-        (gx,) = torch.autograd.grad((y.pow(2).sum() - log_jac_det.sum()), x)
-        outputs.append((y, log_jac_det, x_back))
-        grads.append(gx)
-    for got, expected in zip(outputs[1], outputs[0]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
-    torch.testing.assert_close(outputs[1][2], x, rtol=1e-5, atol=1e-5)
