@@ -62,7 +62,7 @@ def is_high_depth_mode(mode):
 
 def _high_depth_values(image, path):
     """A one-channel high-depth image as uint16 (integer modes) or float32 in [0, 1] (mode F)."""
-    values = np.asarray(image)
+    values = np.array(image)  # a writable copy: Pillow's buffer is read-only
     if image.mode == "F":
         values = values.astype(np.float32, copy=False)
         if not np.isfinite(values).all():
@@ -157,7 +157,7 @@ def _read_image(path, *, target_size, color):
         image = image.convert("RGB" if color else "L")
         if resize:
             image = image.resize((target_size[1], target_size[0]), resample=_RESAMPLING.BILINEAR)
-        return np.asarray(image, dtype=np.uint8), native_size
+        return np.array(image, dtype=np.uint8), native_size  # writable, unlike Pillow's buffer
 
 
 def check_paths(paths):
