@@ -189,13 +189,26 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
 
     Examples
     --------
-    With ``detector`` fitted on images, ``X`` an image array (or a dask array)
-    and ``paths`` a list of image files:
+    A detector fitted on small images, then applied to an image array and to
+    image files, four images per task:
 
-    >>> from skflow_ad import score_partitions
-    >>> scores = score_partitions(detector, X, partition_size=32)  # doctest: +SKIP
-    >>> scores.compute()  # doctest: +SKIP
-    >>> masks = score_partitions(detector, paths, "predict_mask", image_size=256)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skflow_ad import UFlowDetector, make_surface_defects, score_partitions
+    >>> X, y, _ = make_surface_defects(4, 2, image_size=32, random_state=0)
+    >>> detector = UFlowDetector("resnet18", pretrained=False, image_size=32, max_epochs=1,
+    ...                          random_state=0).fit(X[:4])
+    >>> scores = score_partitions(detector, X, partition_size=4)
+    >>> scores.chunks, np.allclose(scores.compute(), detector.score_samples(X))
+    (((4, 2),), True)
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, f"{index}.png") for index in range(len(X))]
+    >>> for path, image in zip(paths, X):
+    ...     Image.fromarray(image).save(path)
+    >>> masks = score_partitions(detector, paths, "predict_mask", partition_size=4, image_size=16)
+    >>> masks.shape, masks.dtype, masks.compute().shape
+    ((6, 16, 16), dtype('bool'), (6, 16, 16))
 
     ``.compute()`` gathers the whole result in this process. Results larger
     than memory can be written by the tasks instead, one ``.npy`` file per

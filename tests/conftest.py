@@ -28,12 +28,6 @@ def gray(pixels):
     return np.asarray(Image.fromarray(pixels).convert("L"))
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    # CI has 2 cores; more threads than that only adds contention.
-    torch.set_num_threads(2)
-
-
 @pytest.fixture
 def one_torch_thread():
     """One PyTorch thread: tiny models run fastest so, and dask's worker processes use one too."""

@@ -39,6 +39,22 @@ def test_one_pass_equals_the_two_public_methods(detector, small_images):
     np.testing.assert_array_equal(maps, detector.anomaly_map(small_images))
 
 
+def test_a_list_of_sizes_gives_each_images_own_results(detector, small_images):
+    # Mixed sizes: every image's map, mask and score equal those of the image scored alone.
+    rng = np.random.RandomState(1)
+    images = [small_images[0], (rng.rand(40, 36) * 255).astype(np.uint8), small_images[2][:24, :20]]
+    maps = detector.anomaly_map(images)
+    masks = detector.predict_mask(images, method="threshold")
+    scores = detector.score_samples(images)
+    assert isinstance(maps, list) and [m.shape for m in maps] == [(32, 32), (40, 36), (24, 20)]
+    for image, anomaly_map, mask, score in zip(images, maps, masks, scores):
+        alone_score, (alone_map,) = detector.score_samples_and_anomaly_map(image[None])
+        np.testing.assert_allclose(anomaly_map, alone_map, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(mask, detector.predict_mask(image[None], method="threshold")[0])
+        np.testing.assert_allclose(score, alone_score[0], rtol=1e-5, atol=1e-6)
+        assert anomaly_map.std() > 0  # a real map
+
+
 def test_one_pass_on_images_of_different_sizes(fitted_uflow, small_images):
     images = [small_images[0], np.pad(small_images[1], ((0, 8), (0, 4))), small_images[2]]
     scores, maps = fitted_uflow.score_samples_and_anomaly_map(images)

@@ -344,7 +344,7 @@ def load_images(paths, *, image_size=None, color=False):
     >>> Image.fromarray(np.full((4, 6), 200, dtype=np.uint8)).save(os.path.join(folder, "a.png"))
     >>> Image.fromarray(np.full((4, 6), 0.5, dtype=np.float32)).save(os.path.join(folder, "b.tif"))
     >>> images = load_images([os.path.join(folder, "a.png"), os.path.join(folder, "b.tif")])
-    >>> images.shape, images.dtype, images[:, 0, 0].round(3).tolist()
+    >>> images.shape, images.dtype, images[:, 0, 0].astype(float).round(3).tolist()
     ((2, 4, 6), dtype('float32'), [0.784, 0.5])
     """
     paths = check_paths(paths)
@@ -380,12 +380,29 @@ class ImageFileLoader(TransformerMixin, BaseEstimator):
     >>> ImageFileLoader(image_size=(48, 64), color=True).fit()
     ImageFileLoader(color=True, image_size=(48, 64))
 
-    Starting a pipeline from file paths, with ``detector`` any estimator that
-    takes image arrays:
+    Starting a pipeline from file paths; any estimator that takes image
+    arrays can follow the loader (here a flattening step and an
+    ``IsolationForest``, to keep the example fast; an
+    :class:`~skflow_ad.UFlowDetector` takes the images themselves):
 
-    >>> from sklearn.pipeline import Pipeline
-    >>> pipeline = Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])  # doctest: +SKIP
-    >>> pipeline.fit(train_paths).predict(test_paths)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from sklearn.ensemble import IsolationForest
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import FunctionTransformer
+    >>> from skflow_ad.datasets import make_surface_defects
+    >>> X, y, _ = make_surface_defects(6, 2, image_size=32, random_state=0)
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, f"{index}.png") for index in range(len(X))]
+    >>> for path, image in zip(paths, X):
+    ...     Image.fromarray(image).save(path)
+    >>> pipeline = make_pipeline(
+    ...     ImageFileLoader(image_size=16),
+    ...     FunctionTransformer(lambda images: images.reshape(len(images), -1) / 255),
+    ...     IsolationForest(random_state=0),
+    ... )
+    >>> pipeline.fit(paths[:6]).predict(paths).shape
+    (8,)
     """
 
     _parameter_constraints = {

@@ -248,10 +248,29 @@ def load_mvtec_folder(root, *, image_size=None, color=False, require_masks=True)
 
     Examples
     --------
-    >>> from skflow_ad.datasets import load_mvtec_folder
-    >>> data = load_mvtec_folder("mvtec_ad/bottle", image_size=128)  # doctest: +SKIP
-    >>> data.X_train.shape  # doctest: +SKIP
-    (209, 128, 128)
+    A tiny category written from generated surfaces (an MVTec-AD category
+    such as ``mvtec_ad/bottle`` reads the same way):
+
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from skflow_ad.datasets import load_mvtec_folder, make_surface_defects
+    >>> X, y, masks = make_surface_defects(5, 2, image_size=32, random_state=0)
+    >>> root = tempfile.mkdtemp()
+    >>> def save(array, *parts):
+    ...     os.makedirs(os.path.join(root, *parts[:-1]), exist_ok=True)
+    ...     Image.fromarray(array).save(os.path.join(root, *parts))
+    >>> for index in range(3):
+    ...     save(X[index], "train", "good", f"{index:03d}.png")
+    >>> for index in range(3, 7):
+    ...     kind = "good" if y[index] == 1 else "scratch"
+    ...     save(X[index], "test", kind, f"{index:03d}.png")
+    ...     if kind != "good":
+    ...         save(masks[index].astype("uint8") * 255, "ground_truth", kind, f"{index:03d}_mask.png")
+    >>> data = load_mvtec_folder(root, image_size=16)
+    >>> data.X_train.shape, data.X_test.shape, data.y_test.tolist()
+    ((3, 16, 16), (4, 16, 16), [1, 1, -1, -1])
+    >>> list(data.defect_types), data.masks_test.shape
+    (['good', 'good', 'scratch', 'scratch'], (4, 16, 16))
     """
     root = _check_root(root)
     target_size = check_image_size(image_size, allow_none=True)
