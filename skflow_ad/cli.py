@@ -737,7 +737,7 @@ def _run_score(args):
     with tqdm(total=n_images, desc="scoring", unit="img", disable=args.quiet) as progress:
         for start in range(0, n_images, batch_size):
             batch = range(start, min(start + batch_size, n_images))
-            kept, images = _read_readable(dataset.paths, batch, color, errors, progress)
+            kept, images = _read_batch(dataset.paths, batch, color, errors, progress)
             progress.update(len(batch))
             if not kept:
                 continue
@@ -798,7 +798,7 @@ def _run_score(args):
     return 0
 
 
-def _read_readable(paths, indices, color, errors, progress):
+def _read_batch(paths, indices, color, errors, progress):
     """Read the images at ``indices``; report each unreadable one on stderr and record why in ``errors``.
 
     Returns the indices read and their images, in order.
