@@ -13,19 +13,32 @@ optionally heatmap and mask PNGs, and ``metrics.json`` when ground truth is
 known.
 
 Exit status: 0 on success, 2 for usage errors, 1 for bad data, paths or models
-(reported as one ``error: ...`` line on stderr). Setting the environment
-variable ``SKFLOW_AD_TRACEBACK=1`` re-raises errors with their traceback.
+(reported as one ``error: ...`` line on stderr), 3 when ``score`` could not
+read some images (``EXIT_SOME_IMAGES_FAILED``): each is reported on stderr as
+``skipped PATH: REASON``, every other image is scored and written, and the
+unreadable ones get a row in ``scores.csv`` with empty scores and the reason in
+its ``error`` column. Setting the environment variable ``SKFLOW_AD_TRACEBACK=1``
+re-raises errors with their traceback.
+
+Offline, ``fit`` with ``--pretrained yes`` (the default) first checks in a few
+seconds whether the Hugging Face Hub answers; when it does not, downloads are
+switched off for the run (weights already in the local cache still load), so a
+missing download fails at once, naming ``--pretrained no`` and ``--pretrained
+PATH``, instead of after a minute of retries.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import importlib
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +51,11 @@ from tqdm import tqdm
 from . import __version__
 from ._validation import IMAGES
 from .base import BaseFlowDetector
-from .datasets import IMAGE_EXTENSIONS, _find_mask, _read_mask, load_images
+from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, read_image, stack_images
+from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
+from .features import PretrainedWeightsError
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
+from .plotting import colorize
 from .trainer import resolve_device
 from .uflow import UFlowDetector
 
@@ -70,16 +86,13 @@ METRIC_NAMES = {
     "best_f1": "best F1",
 }
 
-# Samples of matplotlib's "inferno" at 9 evenly spaced positions: a perceptually
-# ordered colour map, dark for normal and bright for anomalous pixels, without
-# depending on matplotlib.
-_INFERNO_ANCHORS = np.array(
-    [
-        (0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106), (188, 55, 84),
-        (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164),
-    ],
-    dtype=np.float64,
-)
+#: The Hugging Face Hub, where timm downloads pretrained weights (``HF_ENDPOINT`` overrides it).
+HUB_ENDPOINT = "https://huggingface.co"
+#: Seconds the Hub has to answer before ``fit`` takes it as unreachable.
+HUB_PROBE_TIMEOUT = 5.0
+
+#: Exit status of ``score`` when some images could not be read (the others are scored).
+EXIT_SOME_IMAGES_FAILED = 3
 
 _UFLOW_DEFAULTS = UFlowDetector().get_params(deep=False)
 
@@ -203,7 +216,8 @@ def build_parser():
             f"  {PROG} fit mvtec/bottle -o bottle.joblib --backbone resnet18 --epochs 20\n"
             f"  {PROG} score bottle.joblib mvtec/bottle -o results --heatmaps --masks\n\n"
             f"Run '{PROG} COMMAND --help' for the options of a command. Exit status: 0 on success, "
-            "2 for usage errors, 1 for bad data, paths or models."
+            "2 for usage errors, 1 for bad data, paths or models, 3 when score could not read some "
+            "images (the others are scored and written)."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -283,14 +297,18 @@ def _add_score_parser(commands):
         description=(
             "Score images with a detector saved by 'fit'. Writes OUTDIR/scores.csv with one row per\n"
             "image: path, score (score_samples: higher = more normal), anomaly_score (its negation:\n"
-            "higher = more anomalous), prediction (+1 normal, -1 anomalous) and, for an MVTec-AD root,\n"
-            "label (+1 for test/good, -1 otherwise).\n\n"
+            "higher = more anomalous), prediction (+1 normal, -1 anomalous), for an MVTec-AD root\n"
+            "label (+1 for test/good, -1 otherwise), and error: empty, or why the image could not be\n"
+            "read (a corrupt or unsupported file), its score, anomaly_score and prediction then empty.\n"
+            "Unreadable images are reported on stderr and skipped; the others are scored, and the exit\n"
+            f"status is then {EXIT_SOME_IMAGES_FAILED}. Metrics use the images that could be read.\n\n"
             "For an MVTec-AD root, the test split is scored and evaluated: image AUROC, pixel AUROC,\n"
             "AUPRO and best F1 are printed and written to OUTDIR/metrics.json (pixel metrics need the\n"
             "masks in ground_truth/<defect type>/<name>_mask.png).\n\n"
             "Images are read at their native size, batch by batch; the detector resizes them to its\n"
             "own working size and returns heatmaps and masks at each image's own size. Images are read\n"
-            "as RGB or gray to match the images the detector was fitted on."
+            "as RGB or gray to match the images the detector was fitted on; 8-bit files as uint8,\n"
+            "16-bit (and 32-bit integer) files as uint16, 32-bit float TIFFs as floats in [0, 1]."
         ),
         epilog=(
             "examples:\n"
@@ -384,37 +402,10 @@ def _one_line(error):
 # ---------------------------------------------------------------------------
 
 
-def _is_image_file(path):
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _find_images(folder, *, recursive, exclude=None):
-    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path.
-
-    Hidden files and folders are skipped, and so is the folder ``exclude``
-    (resolved), so that results written inside the data are not read back.
-    """
-    found = []
-    for directory, subfolders, files in os.walk(folder):
-        directory = Path(directory)
-        if recursive:
-            subfolders[:] = [
-                name for name in subfolders
-                if not name.startswith(".") and (exclude is None or (directory / name).resolve() != exclude)
-            ]
-        else:
-            subfolders[:] = []
-        found += [directory / name for name in files if _is_image_file(directory / name)]
-    return sorted(found, key=lambda path: path.relative_to(folder).parts)
-
-
 def _read_images(paths, *, color, show_progress=False):
-    """Images at their native sizes: one uint8 array when they share a size, else a list of arrays."""
+    """Images at their native sizes: one array when they share a size, else a list of arrays."""
     progress = tqdm(paths, desc="reading", unit="img", disable=not show_progress)
-    images = [load_images([path], color=color)[0] for path in progress]
-    if len({image.shape for image in images}) == 1:
-        return np.stack(images)
-    return images
+    return stack_images([read_image(path, color=color) for path in progress])
 
 
 def _describe_extensions():
@@ -490,15 +481,11 @@ def _make_detector(detector_class, params):
 
 def _training_image_paths(data):
     _check_folder(data, "data folder")
-    mvtec_train = data / "train" / "good"
-    if mvtec_train.is_dir():
-        folder, recursive = mvtec_train, False
-    else:
-        folder, recursive = data, True
-    paths = _find_images(folder, recursive=recursive)
+    if (data / "train" / "good").is_dir():
+        return find_mvtec_files(data, split="train").train_paths
+    paths = find_image_files(data, recursive=True)
     if not paths:
-        where = f"{folder} or its subfolders" if recursive else str(folder)
-        raise CommandError(f"no image files ({_describe_extensions()}) in {where}.")
+        raise CommandError(f"no image files ({_describe_extensions()}) in {data} or its subfolders.")
     return paths
 
 
@@ -527,7 +514,25 @@ def _run_fit(args):
     paths = _training_image_paths(Path(args.data))
     output = Path(args.output)
     _check_model_output(output)
-    detector.fit(_read_images(paths, color=args.color, show_progress=not args.quiet))
+    downloads = detector.get_params(deep=False).get("pretrained") is True
+    hub = os.environ.get("HF_ENDPOINT", HUB_ENDPOINT)
+    offline = downloads and not _hub_offline_requested() and not _reachable(hub)
+    if offline:
+        print(f"note: {hub} does not answer; pretrained weights come from the local cache only.", file=sys.stderr)
+    images = _read_images(paths, color=args.color, show_progress=not args.quiet)
+    try:
+        with _hub_downloads_off() if offline else contextlib.nullcontext():
+            detector.fit(images)
+    except PretrainedWeightsError as error:
+        if offline:
+            where = f"{hub} does not answer and they are not in the local cache"
+        else:
+            where = _one_line(error.__cause__ or error)
+        raise CommandError(
+            f"cannot get the pretrained weights of the backbone ({where}). Pass --pretrained no for random "
+            f"weights (much weaker features), or --pretrained PATH with a weights file saved on a connected "
+            f"machine (see 'Pretrained weights offline' in the user guide)."
+        ) from error
     _save_model(detector, output)
     height, width = detector.image_size_
     epochs = f"{detector.n_iter_} epoch{'' if detector.n_iter_ == 1 else 's'}"
@@ -536,6 +541,53 @@ def _run_fit(args):
         f"{height}x{width}); saved to {output}"
     )
     return 0
+
+
+def _is_true(text):
+    return (text or "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def _hub_offline_requested():
+    return _is_true(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def _reachable(url, timeout=HUB_PROBE_TIMEOUT):
+    """Whether ``url``'s server answers an HTTP request within ``timeout`` seconds (any status counts).
+
+    Goes through the proxies of the environment, as downloads do.
+    """
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except urllib.error.HTTPError:  # an answer, even an error status, means the server is there
+        return True
+    except (OSError, ValueError):  # URLError, timeouts, refused connections, malformed URLs
+        return False
+
+
+@contextlib.contextmanager
+def _hub_downloads_off():
+    """Hugging Face Hub offline mode for the block: cached files load, missing ones fail at once.
+
+    The mode is read from ``HF_HUB_OFFLINE`` when huggingface_hub is imported,
+    and from its ``constants`` module at each call once it is.
+    """
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    previous_constant = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+        constants = sys.modules.get("huggingface_hub.constants")  # possibly imported inside the block
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = previous_constant if previous_constant is not None else _is_true(previous)
 
 
 # ---------------------------------------------------------------------------
@@ -564,48 +616,16 @@ class ScoringSet:
     mask_paths: list | None = None
 
 
-def _is_mvtec_root(data):
-    test = data / "test"
-    if not test.is_dir() or not ((data / "train").is_dir() or (data / "ground_truth").is_dir()):
-        return False
-    return any(child.is_dir() and not child.name.startswith(".") for child in test.iterdir())
-
-
-def _mvtec_test_split(data, exclude):
-    """The test images, ``test/good`` first then the other folders alphabetically, as in load_mvtec_folder."""
-    test = data / "test"
-    folders = sorted(
-        (
-            child for child in test.iterdir()
-            if child.is_dir() and not child.name.startswith(".") and child.resolve() != exclude
-        ),
-        key=lambda folder: (folder.name != "good", folder.name),
-    )
-    paths, defect_types = [], []
-    for folder in folders:
-        found = _find_images(folder, recursive=False)
-        paths += found
-        defect_types += [folder.name] * len(found)
-    if not paths:
-        raise CommandError(f"no image files ({_describe_extensions()}) in the subfolders of {test}.")
-    ground_truth = data / "ground_truth"
-    mask_paths = [
-        None if defect_type == "good" else _find_mask(ground_truth, defect_type, path)
-        for path, defect_type in zip(paths, defect_types)
-    ]
-    labels = np.where(np.asarray(defect_types) == "good", 1, -1)
-    return ScoringSet(paths, test, labels, mask_paths)
-
-
 def _scoring_set(data, exclude):
     if data.is_file():
-        if not _is_image_file(data):
+        if not is_image_file(data):
             raise CommandError(f"{data} is not an image file ({_describe_extensions()}).")
         return ScoringSet([data], data.parent)
     _check_folder(data, "data folder")
-    if _is_mvtec_root(data):
-        return _mvtec_test_split(data, exclude)
-    paths = _find_images(data, recursive=True, exclude=exclude)
+    if is_mvtec_root(data):
+        files = find_mvtec_files(data, split="test", exclude=exclude)
+        return ScoringSet(files.test_paths, data / "test", files.y_test, files.mask_paths)
+    paths = find_image_files(data, recursive=True, exclude=exclude)
     if not paths:
         raise CommandError(f"no image files ({_describe_extensions()}) in {data} or its subfolders.")
     return ScoringSet(paths, data)
@@ -638,27 +658,6 @@ def _output_names(paths, base):
         name if counts[name] == 1 else path.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}.png")
         for name, path in zip(names, relative)
     ]
-
-
-def colorize(anomaly_map, low, high):
-    """Map values to RGB colours of the "inferno" colour map, ``low`` darkest and ``high`` brightest.
-
-    Parameters
-    ----------
-    anomaly_map : ndarray of shape (H, W)
-    low, high : float
-        Values at the ends of the colour map; values outside are clipped.
-
-    Returns
-    -------
-    rgb : ndarray of shape (H, W, 3), uint8
-    """
-    span = high - low
-    position = np.clip((anomaly_map - low) / span, 0.0, 1.0) if span > 0 else np.zeros(anomaly_map.shape)
-    position = np.nan_to_num(position, nan=0.0)
-    anchors = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS))
-    rgb = np.stack([np.interp(position, anchors, _INFERNO_ANCHORS[:, c]) for c in range(3)], axis=-1)
-    return np.rint(rgb).astype(np.uint8)
 
 
 def _heatmap_bounds(heatmap_range, model):
@@ -730,20 +729,27 @@ def _run_score(args):
     color = model.n_channels_ == 3
     names = _output_names(dataset.paths, dataset.base)
     bounds = _heatmap_bounds(args.heatmap_range, model)
-    scores, kept_maps, ground_truth = [], [], []
+    n_images = len(dataset.paths)
+    scores = np.full(n_images, np.nan)
+    errors = {}  # image index -> why it could not be scored
+    kept_maps, ground_truth, evaluated = [], [], []
 
-    with tqdm(total=len(dataset.paths), desc="scoring", unit="img", disable=args.quiet) as progress:
-        for start in range(0, len(dataset.paths), batch_size):
-            batch = slice(start, start + batch_size)
-            images = _read_images(dataset.paths[batch], color=color)
+    with tqdm(total=n_images, desc="scoring", unit="img", disable=args.quiet) as progress:
+        for start in range(0, n_images, batch_size):
+            batch = range(start, min(start + batch_size, n_images))
+            kept, images = _read_batch(dataset.paths, batch, color, errors, progress)
+            progress.update(len(batch))
+            if not kept:
+                continue
+            images = stack_images(images)
             if args.heatmaps or evaluate_pixels:
                 batch_scores, maps = model.score_samples_and_anomaly_map(images)  # one pass for both
             else:
                 batch_scores, maps = model.score_samples(images), None
-            scores.append(batch_scores)
+            scores[kept] = batch_scores
             masks = model.predict_mask(images, method=args.mask_method) if args.masks else None
-            for offset, name in enumerate(names[batch]):
-                index = start + offset
+            for offset, index in enumerate(kept):
+                name = names[index]
                 if args.heatmaps:
                     anomaly_map = maps[offset]
                     low, high = bounds if bounds is not None else (anomaly_map.min(), anomaly_map.max())
@@ -753,23 +759,28 @@ def _run_score(args):
                 if evaluate_pixels:
                     kept_maps.append(maps[offset])
                     ground_truth.append(_ground_truth_mask(dataset, index, maps[offset].shape))
-            progress.update(len(names[batch]))
+            evaluated += kept
 
-    scores = np.concatenate(scores)
+    scored = np.isfinite(scores)
     # predict() is the sign of decision_function = score_samples - offset_; computing
     # it here saves another pass of the images through the network.
     predictions = np.where(scores - model.offset_ < 0, -1, 1)
-    _write_scores(output / "scores.csv", dataset, scores, predictions)
-    print(f"scored {len(scores)} images, {int((predictions == -1).sum())} predicted anomalous; "
+    _write_scores(output / "scores.csv", dataset, scores, predictions, errors)
+    print(f"scored {int(scored.sum())} images, {int((predictions[scored] == -1).sum())} predicted anomalous; "
           f"wrote {output / 'scores.csv'}")
     if args.heatmaps:
         print(f"heatmaps in {output / 'heatmaps'}")
     if args.masks:
         print(f"masks in {output / 'masks'}")
 
-    if dataset.labels is not None:
+    if dataset.labels is not None and evaluated:
+        if errors:
+            print(f"note: metrics computed on the {len(evaluated)} images that could be read, of {n_images}.",
+                  file=sys.stderr)
+        labels = dataset.labels[evaluated]
         metrics, notes = _evaluate(
-            dataset.labels, -scores, ground_truth if evaluate_pixels else None, kept_maps if evaluate_pixels else None
+            labels, -scores[evaluated], ground_truth if evaluate_pixels else None,
+            kept_maps if evaluate_pixels else None,
         )
         for note in ([pixel_problem] if pixel_problem else []) + notes:
             print(f"note: {note}; skipped.", file=sys.stderr)
@@ -780,14 +791,35 @@ def _run_score(args):
             with open(output / "metrics.json", "w") as handle:
                 json.dump(metrics, handle, indent=2)
             print(f"wrote {output / 'metrics.json'}")
+    if errors:
+        print(f"error: {len(errors)} of {n_images} images could not be scored; their rows in "
+              f"{output / 'scores.csv'} have an empty score and the reason in the error column.", file=sys.stderr)
+        return EXIT_SOME_IMAGES_FAILED
     return 0
+
+
+def _read_batch(paths, indices, color, errors, progress):
+    """Read the images at ``indices``; report each unreadable one on stderr and record why in ``errors``.
+
+    Returns the indices read and their images, in order.
+    """
+    kept, images = [], []
+    for index in indices:
+        try:
+            images.append(read_image(paths[index], color=color))
+        except (OSError, ValueError) as error:
+            errors[index] = _one_line(error)
+            progress.write(f"skipped {paths[index]}: {errors[index]}", file=sys.stderr)
+        else:
+            kept.append(index)
+    return kept, images
 
 
 def _ground_truth_mask(dataset, index, shape):
     mask_path = dataset.mask_paths[index]
     if mask_path is None:
         return np.zeros(shape, dtype=bool)
-    mask = _read_mask(mask_path)
+    mask = read_mask(mask_path)
     if mask.shape != shape:
         raise CommandError(
             f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but its image {dataset.paths[index]} is "
@@ -796,17 +828,23 @@ def _ground_truth_mask(dataset, index, shape):
     return mask
 
 
-def _write_scores(path, dataset, scores, predictions):
+def _write_scores(path, dataset, scores, predictions, errors):
+    """``scores.csv``: one row per image; an image that could not be scored has empty values and an error."""
     header = ["path", "score", "anomaly_score", "prediction"]
     if dataset.labels is not None:
         header.append("label")
+    header.append("error")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for index, (image_path, score, prediction) in enumerate(zip(dataset.paths, scores, predictions)):
-            row = [str(image_path), repr(float(score)), repr(float(-score)), int(prediction)]
+            if index in errors:
+                row = [str(image_path), "", "", ""]
+            else:
+                row = [str(image_path), repr(float(score)), repr(float(-score)), int(prediction)]
             if dataset.labels is not None:
                 row.append(int(dataset.labels[index]))
+            row.append(errors.get(index, ""))
             writer.writerow(row)
 
 

@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import IMAGES, batch_layout
-from .datasets import _check_image_size, _check_paths, _describe_size, load_images
+from .datasets._parameters import check_image_size
+from .datasets.files import check_paths, describe_size, image_file_size, load_images, read_image, stack_images
 
 __all__ = ["score_partitions"]
 
@@ -65,7 +66,7 @@ def _check_channels(estimator, n_channels):
 def _native_size(path, method):
     """``(H, W)`` of the first image file, read here to shape the maps of all of them."""
     try:
-        return load_images([path]).shape[1:3]
+        return image_file_size(path)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{method} of image files read at their native size needs the size of the first one, and "
@@ -82,13 +83,17 @@ def _apply_to_files(paths, estimator, method, image_size, color, reference):
     """Read one partition of image files, then apply ``estimator.<method>``.
 
     ``reference`` is None or the ``((H, W), path)`` that every image must match,
-    for maps of files read at their native size.
+    for maps of files read at their native size. Scores of files read at their
+    native size take images of several sizes (a list of arrays).
     """
+    if image_size is None and method in _SCORE_METHODS:
+        images = stack_images([read_image(path, color=color) for path in paths])
+        return getattr(estimator, method)(images)
     images = load_images(list(paths), image_size=image_size, color=color)
     if reference is not None and images.shape[1:3] != reference[0]:
         raise ValueError(
-            f"images differ in size: {paths[0]} is {_describe_size(images.shape[1:3])} but {reference[1]} is "
-            f"{_describe_size(reference[0])}, and the maps of all images form one array. Pass "
+            f"images differ in size: {paths[0]} is {describe_size(images.shape[1:3])} but {reference[1]} is "
+            f"{describe_size(reference[0])}, and the maps of all images form one array. Pass "
             f"image_size=(height, width) (or an int for squares) to read all images at one size."
         )
     return getattr(estimator, method)(images)
@@ -120,7 +125,8 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
           the first axis and a single chunk along the others;
         - image file paths (as for :func:`~skflow_ad.load_images`): each task
           reads its own partition of files, so only the paths are sent to the
-          workers, and the files must be readable there.
+          workers, and the files must be readable there. Files of several
+          sizes give one score each; their maps need ``image_size``.
     method : {"score_samples", "decision_function", "predict", "anomaly_map", \
 "log_nfa_map", "predict_mask"}, default="score_samples"
         The detector method to apply. ``score_samples`` is higher for more
@@ -133,10 +139,11 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
         ``estimator.batch_size`` images at a time whatever the partition size.
     image_size : int, (int, int) or None, default=None
         Paths only: the size the files are read at, as in
-        :func:`~skflow_ad.load_images`. None keeps each file's native size;
-        the map methods then read the first file here to learn the size of
-        the maps, and a partition holding another size fails with a
-        ``ValueError`` when computed.
+        :func:`~skflow_ad.load_images`. None keeps each file's native size:
+        the score methods then take files of any sizes, while the map methods
+        read the first file's header here to learn the size of the maps, and
+        a partition holding another size fails with a ``ValueError`` when
+        computed (the maps of all images form one array).
     color : bool or None, default=None
         Paths only: read the files as RGB (True) or gray (False). None reads
         them with the channel count the detector was fitted on
@@ -182,13 +189,26 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
 
     Examples
     --------
-    With ``detector`` fitted on images, ``X`` an image array (or a dask array)
-    and ``paths`` a list of image files:
+    A detector fitted on small images, then applied to an image array and to
+    image files, four images per task:
 
-    >>> from skflow_ad import score_partitions
-    >>> scores = score_partitions(detector, X, partition_size=32)  # doctest: +SKIP
-    >>> scores.compute()  # doctest: +SKIP
-    >>> masks = score_partitions(detector, paths, "predict_mask", image_size=256)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skflow_ad import UFlowDetector, make_surface_defects, score_partitions
+    >>> X, y, _ = make_surface_defects(4, 2, image_size=32, random_state=0)
+    >>> detector = UFlowDetector("resnet18", pretrained=False, image_size=32, max_epochs=1,
+    ...                          random_state=0).fit(X[:4])
+    >>> scores = score_partitions(detector, X, partition_size=4)
+    >>> scores.chunks, np.allclose(scores.compute(), detector.score_samples(X))
+    (((4, 2),), True)
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, f"{index}.png") for index in range(len(X))]
+    >>> for path, image in zip(paths, X):
+    ...     Image.fromarray(image).save(path)
+    >>> masks = score_partitions(detector, paths, "predict_mask", partition_size=4, image_size=16)
+    >>> masks.shape, masks.dtype, masks.compute().shape
+    ((6, 16, 16), dtype('bool'), (6, 16, 16))
 
     ``.compute()`` gathers the whole result in this process. Results larger
     than memory can be written by the tasks instead, one ``.npy`` file per
@@ -225,8 +245,8 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
     maps = method in _MAP_METHODS
 
     if isinstance(images, (str, bytes, os.PathLike)) or _is_path_sequence(images):
-        paths = [os.fspath(path) for path in _check_paths(images)]
-        target_size = _check_image_size(image_size, allow_none=True)
+        paths = [os.fspath(path) for path in check_paths(images)]
+        target_size = check_image_size(image_size, allow_none=True)
         if color is None:
             color = getattr(estimator, "n_channels_", 1) == 3
         elif not isinstance(color, (bool, np.bool_)):

@@ -9,6 +9,9 @@ nonzero on anomalous pixels. Images may be gray ``(H, W)`` or ``(H, W, 1)``,
 RGB ``(H, W, 3)`` or channels-first ``(1 | 3, H, W)``; ``uint8`` (0-255),
 ``uint16`` (0-65535) or floating point in [0, 1].
 
+:func:`colorize` (numpy only) turns an anomaly map into RGB heatmap pixels,
+as the command line writes them.
+
 Mask outlines are drawn in fixed colours: the **ground truth** as a solid
 :data:`MASK_TRUE_COLOR` (lime green) line, the **prediction** as a dashed
 :data:`MASK_PRED_COLOR` (white) line; a legend names them.
@@ -25,8 +28,10 @@ from ._validation import check_image_values, image_scale
 from .conventions import anomalous_from_labels, check_mask, check_scores, to_numpy
 
 __all__ = [
+    "INFERNO_ANCHORS",
     "MASK_PRED_COLOR",
     "MASK_TRUE_COLOR",
+    "colorize",
     "plot_anomaly",
     "plot_anomaly_grid",
     "plot_pro_curve",
@@ -37,6 +42,17 @@ __all__ = [
 MASK_TRUE_COLOR = "lime"
 #: Colour of the predicted mask outline (dashed).
 MASK_PRED_COLOR = "white"
+
+#: matplotlib's "inferno" colour map sampled at 9 evenly spaced positions (RGB, 0-255):
+#: perceptually ordered, dark for normal and bright for anomalous pixels.
+#: :func:`colorize` interpolates it linearly, so heatmaps need no matplotlib.
+INFERNO_ANCHORS = np.array(
+    [
+        (0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106), (188, 55, 84),
+        (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164),
+    ],
+    dtype=np.float64,
+)
 
 _MASK_TRUE_LABEL = "ground truth"
 _MASK_PRED_LABEL = "predicted"
@@ -59,6 +75,42 @@ def _figure_legend_loc():
     # "outside" placements (kept clear of the panels by the constrained layout) came in 3.7.
     major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
     return "outside lower center" if (major, minor) >= (3, 7) else "lower center"
+
+
+def colorize(anomaly_map, low, high):
+    """Map values to RGB colours of the "inferno" colour map, ``low`` darkest and ``high`` brightest.
+
+    Needs only numpy (the command line writes its heatmap PNGs with it).
+    Values are placed linearly between ``low`` (position 0) and ``high``
+    (position 1), clipped to that range, and coloured by linear interpolation
+    between the :data:`INFERNO_ANCHORS`; NaN is coloured like ``low``, and so
+    is everything when ``high <= low``.
+
+    Parameters
+    ----------
+    anomaly_map : array-like of shape (H, W)
+        Higher = more anomalous.
+    low, high : float
+        Values at the ends of the colour map.
+
+    Returns
+    -------
+    rgb : ndarray of shape (H, W, 3), uint8
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skflow_ad.plotting import colorize
+    >>> colorize(np.array([[0.0, 0.5, 1.0]]), 0.0, 1.0).tolist()
+    [[[0, 0, 4], [188, 55, 84], [252, 255, 164]]]
+    """
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    span = high - low
+    position = np.clip((anomaly_map - low) / span, 0.0, 1.0) if span > 0 else np.zeros(anomaly_map.shape)
+    position = np.nan_to_num(position, nan=0.0)
+    anchors = np.linspace(0.0, 1.0, len(INFERNO_ANCHORS))
+    rgb = np.stack([np.interp(position, anchors, INFERNO_ANCHORS[:, c]) for c in range(3)], axis=-1)
+    return np.rint(rgb).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from skflow_ad.datasets import make_surface_train_test
 
@@ -14,10 +15,17 @@ KSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ksdd"
 FAST_UFLOW = dict(backbone="resnet18", pretrained=False, image_size=32, max_epochs=2, batch_size=8, random_state=0)
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    # CI has 2 cores; more threads than that only adds contention.
-    torch.set_num_threads(2)
+def save_rgb(path, seed, size):
+    """Write random RGB pixels ``size + (3,)`` as an image file (format from the suffix); return them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.RandomState(seed).randint(0, 256, size=(*size, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def gray(pixels):
+    """Pillow's 8-bit gray conversion of RGB pixels, as the loaders do it."""
+    return np.asarray(Image.fromarray(pixels).convert("L"))
 
 
 @pytest.fixture

@@ -1,10 +1,15 @@
 """The ``skflow-ad`` command line, end to end on small generated image folders."""
 
 import csv
+import http.server
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import joblib
@@ -12,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.base import BaseEstimator
 
-from skflow_ad import UFlowDetector
-from skflow_ad.cli import _key_value, build_parser, colorize, main
+from skflow_ad import UFlowDetector, cli
+from skflow_ad.cli import _key_value, build_parser, main
+from skflow_ad.plotting import colorize
 from skflow_ad.datasets import load_images, make_surface_train_test
 
 FAST_OPTIONS = ["--epochs", "1", "--image-size", "32", "--pretrained", "no", "--backbone", "resnet18",
@@ -29,6 +36,14 @@ def _save_png(array, path):
 def _read_csv(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _assert_heatmap_shows(heatmap, anomaly_map, low, high):
+    """The PNG's colours are the map's values through colorize; float rounding may move a pixel one level."""
+    expected = colorize(anomaly_map, low, high).astype(int)
+    difference = np.abs(heatmap.astype(int) - expected)
+    assert (difference == 0).mean() > 0.99 and difference.max() <= 8, difference.max()
+    assert len(np.unique(heatmap.reshape(-1, 3), axis=0)) > 10  # a real map, not a flat colour
 
 
 def _one_error_line(stderr):
@@ -149,7 +164,8 @@ def test_score_mvtec_root_writes_scores_heatmaps_masks_and_metrics(mvtec_root, m
     assert "image AUROC" in printed and "AUPRO" in printed
 
     rows = _read_csv(out / "scores.csv")
-    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction", "label"]
+    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction", "label", "error"]
+    assert all(row["error"] == "" for row in rows)
     paths = [Path(row["path"]) for row in rows]
     # test/good first, then the defect folders, as load_mvtec_folder orders them.
     assert [path.parent.name for path in paths] == ["good"] * 3 + ["defect"] * 3
@@ -162,10 +178,13 @@ def test_score_mvtec_root_writes_scores_heatmaps_masks_and_metrics(mvtec_root, m
     assert [int(row["prediction"]) for row in rows] == model.predict(images).tolist()
 
     expected_masks = model.predict_mask(images, method="threshold")
-    for path, expected_mask in zip(paths, expected_masks):
+    expected_maps = model.anomaly_map(images)
+    for path, expected_mask, expected_map in zip(paths, expected_masks, expected_maps):
         relative = Path(path.parent.name) / path.name
         heatmap = np.asarray(Image.open(out / "heatmaps" / relative))
         assert heatmap.shape == (32, 32, 3) and heatmap.dtype == np.uint8
+        # --heatmap-range threshold: 0 to twice the learned pixel threshold, through colorize.
+        _assert_heatmap_shows(heatmap, expected_map, 0.0, 2.0 * model.pixel_threshold_)
         mask = np.asarray(Image.open(out / "masks" / relative))
         assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
         np.testing.assert_array_equal(mask == 255, expected_mask)
@@ -187,7 +206,7 @@ def test_score_plain_folder_of_mixed_sizes_keeps_each_size(model_path, model, tm
     assert main(["score", str(model_path), str(folder), "-o", str(out), "-q"]) == 0
 
     rows = _read_csv(out / "scores.csv")
-    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction"]
+    assert list(rows[0]) == ["path", "score", "anomaly_score", "prediction", "error"]
     paths = [Path(row["path"]) for row in rows]
     assert [path.relative_to(folder).as_posix() for path in paths] == ["a.png", "line2/a.png", "line2/b.png"]
     images = [load_images([path])[0] for path in paths]
@@ -198,6 +217,14 @@ def test_score_plain_folder_of_mixed_sizes_keeps_each_size(model_path, model, tm
         assert np.asarray(Image.open(out / "masks" / name)).shape == size
     assert not (out / "metrics.json").exists()
 
+    stretched = tmp_path / "stretched"
+    assert main(["score", str(model_path), str(folder), "-o", str(stretched), "--heatmaps", "-q",
+                 "--heatmap-range", "image"]) == 0
+    for path, anomaly_map in zip(paths, model.anomaly_map(images)):  # each image at its own size
+        heatmap = np.asarray(Image.open(stretched / "heatmaps" / path.relative_to(folder)))
+        _assert_heatmap_shows(heatmap, anomaly_map, anomaly_map.min(), anomaly_map.max())
+        assert tuple(heatmap[np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)]) == (252, 255, 164)
+
 
 def test_score_names_clashing_stems_apart(model_path, tmp_path):
     folder = tmp_path / "images"
@@ -207,13 +234,6 @@ def test_score_names_clashing_stems_apart(model_path, tmp_path):
     out = tmp_path / "out"
     assert main(["score", str(model_path), str(folder), "-o", str(out), "--heatmaps", "-q"]) == 0
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["part_bmp.png", "part_png.png"]
-
-
-def test_colorize_is_dark_to_bright_and_clips():
-    rgb = colorize(np.array([[-1.0, 0.0, 0.5, 1.0, 2.0]]), 0.0, 1.0)
-    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
-    brightness = rgb.astype(int).sum(axis=-1)[0]
-    assert brightness[0] == brightness[1] < brightness[2] < brightness[3] == brightness[4]
 
 
 # ---------------------------------------------------------------------------
@@ -290,11 +310,72 @@ def test_score_data_errors(model_path, tmp_path, capsys):
     assert main(["score", str(model_path), str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
     assert "no image files" in _one_error_line(capsys.readouterr().err)
 
+
+
+def test_score_keeps_going_past_unreadable_images(mvtec_root, model_path, model, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(mvtec_root, root)
+    broken = sorted((root / "test" / "defect").iterdir())[1]
+    broken.write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    status = main(["score", str(model_path), str(root), "-o", str(out), "--heatmaps", "--batch-size", "2", "-q"])
+    assert status == 3
+    err = capsys.readouterr().err
+    assert f"skipped {broken}: cannot read image file {broken}" in err
+    assert "1 of 6 images could not be scored" in err and "Traceback" not in err
+
+    rows = _read_csv(out / "scores.csv")
+    assert len(rows) == 6 and list(rows[0])[-1] == "error"
+    bad = [row for row in rows if Path(row["path"]) == broken]
+    assert len(bad) == 1 and bad[0]["score"] == bad[0]["prediction"] == "" and "cannot read" in bad[0]["error"]
+    assert bad[0]["label"] == "-1"
+    good = [row for row in rows if Path(row["path"]) != broken]
+    images = load_images([Path(row["path"]) for row in good])
+    np.testing.assert_allclose([float(row["score"]) for row in good], model.score_samples(images),
+                               rtol=1e-5, atol=1e-6)
+    assert all(row["error"] == "" for row in good)
+    assert sorted(p.name for p in (out / "heatmaps" / "defect").iterdir()) == sorted(
+        Path(row["path"]).name for row in good if Path(row["path"]).parent.name == "defect")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 5 and metrics["n_anomalous"] == 2
+
+
+def test_score_of_only_unreadable_images_writes_their_rows(model_path, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "truncated.png").write_bytes(b"\x89PNG not really")
-    assert main(["score", str(model_path), str(broken), "-o", str(tmp_path / "out"), "-q"]) == 1
-    assert "cannot read image file" in _one_error_line(capsys.readouterr().err)
+    assert main(["score", str(model_path), str(broken), "-o", str(tmp_path / "out"), "-q"]) == 3
+    assert "skipped" in capsys.readouterr().err
+    (row,) = _read_csv(tmp_path / "out" / "scores.csv")
+    assert row["score"] == "" and "cannot read image file" in row["error"]
+
+
+def test_score_reads_float_tiffs_as_floats(model_path, model, tmp_path):
+    folder = tmp_path / "floats"
+    folder.mkdir()
+    images = np.random.RandomState(0).rand(2, 32, 32).astype(np.float32)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index}.tif")
+    assert main(["score", str(model_path), str(folder), "-o", str(tmp_path / "out"), "-q"]) == 0
+    rows = _read_csv(tmp_path / "out" / "scores.csv")
+    np.testing.assert_allclose([float(row["score"]) for row in rows], model.score_samples(images),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_progress_bars_on_stderr_unless_quiet(mvtec_root, model_path, tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted((mvtec_root / "train" / "good").iterdir())[:4]:
+        shutil.copy(path, folder / path.name)
+    options = [option for option in FAST_OPTIONS if option != "--quiet"]
+    assert main(["fit", str(folder), "-o", str(tmp_path / "m.joblib"), *options]) == 0
+    err = capsys.readouterr().err
+    assert "reading" in err and "4/4" in err  # reading the images the CLI loops over
+    image = folder / sorted(p.name for p in folder.iterdir())[0]
+    assert main(["score", str(model_path), str(image), "-o", str(tmp_path / "out")]) == 0
+    assert "scoring" in capsys.readouterr().err
+    assert main(["score", str(model_path), str(image), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_score_rejects_masks_of_the_wrong_size(mvtec_root, model_path, tmp_path, capsys):
@@ -345,14 +426,60 @@ def test_missing_detector_module_is_a_clear_error(mvtec_root, tmp_path, capsys, 
     assert "csflow detector is not available" in _one_error_line(capsys.readouterr().err)
 
 
-def test_option_the_detector_lacks_is_a_usage_error(mvtec_root, tmp_path, capsys):
-    csflow = pytest.importorskip("skflow_ad.csflow")
-    if "backbone" in csflow.CSFlowDetector().get_params():
-        pytest.skip("CSFlowDetector takes a backbone")
-    status = main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), "--detector", "csflow",
+class DetectorWithoutBackbone(BaseEstimator):
+    """A stand-in detector with no backbone parameter (both real detectors have one)."""
+
+    def __init__(self, image_size=32, verbose=False):
+        self.image_size = image_size
+        self.verbose = verbose
+
+
+def test_option_the_detector_lacks_is_a_usage_error(mvtec_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(cli.DETECTORS, "plain", (__name__, "DetectorWithoutBackbone"))
+    status = main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), "--detector", "plain",
                    "--backbone", "resnet18"])
     assert status == 2
-    assert "--backbone does not apply to the csflow detector" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--backbone does not apply to the plain detector, which has no 'backbone' parameter" in err
+    assert err.startswith("usage: skflow-ad fit") and not (tmp_path / "m.joblib").exists()
+
+
+def test_offline_fit_fails_at_once_naming_the_cli_options(mvtec_root, tmp_path, capsys, monkeypatch):
+    huggingface_constants = pytest.importorskip("huggingface_hub.constants")
+    # No weights cached anywhere, and the Hub does not answer.
+    monkeypatch.setattr(huggingface_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(cli, "_reachable", lambda url, timeout=None: False)
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # download retries wait between attempts
+    options = [*FAST_OPTIONS, "--pretrained", "yes"]  # the last --pretrained wins
+    assert main(["fit", str(mvtec_root), "-o", str(tmp_path / "m.joblib"), *options]) == 1
+    err = capsys.readouterr().err
+    assert "does not answer; pretrained weights come from the local cache only" in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: cannot get the pretrained weights of the backbone")
+    assert "--pretrained no" in line and "--pretrained PATH" in line
+    assert [wait for wait in waits if wait >= 0.5] == []  # no retries
+    assert not huggingface_constants.HF_HUB_OFFLINE and "HF_HUB_OFFLINE" not in os.environ  # restored
+
+
+def test_reachable_means_any_http_answer(monkeypatch):
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert cli._reachable(f"http://127.0.0.1:{server.server_port}/", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert not cli._reachable(f"http://127.0.0.1:{port}/", timeout=5)  # connection refused
+    assert not cli._reachable("not a url", timeout=5)
 
 
 def test_installed_entry_point_prints_help():

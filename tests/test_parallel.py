@@ -142,13 +142,25 @@ def test_maps_of_files_need_one_size_known_up_front(detector, data, tmp_path):
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     Image.fromarray(data.X_test[0]).save(paths[0])
     Image.fromarray(data.X_test[1][:24]).save(paths[1])
-    scores = score_partitions(detector, paths, partition_size=1).compute(scheduler="sync")
-    assert scores.shape == (2,)  # scores do not need one size
+    images = [data.X_test[0], data.X_test[1][:24]]
+    for partition_size in (1, 2):  # scores do not need one size, even within a partition
+        scores = score_partitions(detector, paths, partition_size=partition_size).compute(scheduler="sync")
+        _assert_same(scores, detector.score_samples(images))
     maps = score_partitions(detector, paths, "anomaly_map", partition_size=1)
     with pytest.raises(ValueError, match=r"b\.png is 24 x 32 .* Pass image_size"):
         maps.compute(scheduler="sync")
     with pytest.raises(ValueError, match="reading .*missing.png failed here .* Pass image_size"):
         score_partitions(detector, [tmp_path / "missing.png"], "predict_mask")
+
+
+def test_float_tiff_files_are_read_as_floats(detector, data, tmp_path):
+    images = data.X_test[:3].astype(np.float32) / 255
+    paths = [tmp_path / f"{i}.tif" for i in range(3)]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    scores = score_partitions(detector, paths, partition_size=2).compute(scheduler="sync")
+    _assert_same(scores, detector.score_samples(images))
+    _assert_same(scores, detector.score_samples(data.X_test[:3]))  # the same pixels as the 8-bit images
 
 
 def test_bad_arguments_are_rejected_before_any_graph(detector, data):

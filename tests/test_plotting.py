@@ -14,8 +14,10 @@ import torch  # noqa: E402
 
 from skflow_ad import metrics, plotting  # noqa: E402
 from skflow_ad.plotting import (  # noqa: E402
+    INFERNO_ANCHORS,
     MASK_PRED_COLOR,
     MASK_TRUE_COLOR,
+    colorize,
     plot_anomaly,
     plot_anomaly_grid,
     plot_pro_curve,
@@ -212,6 +214,27 @@ def test_curve_input_errors(batch):
         plot_pro_curve(masks_true, maps[:3])
 
 
+# ------------------------------------------------------------------ colorize
+def test_colorize_is_dark_to_bright_and_clips():
+    rgb = colorize(np.array([[-1.0, 0.0, 0.5, 1.0, 2.0, np.nan]]), 0.0, 1.0)
+    assert rgb.shape == (1, 6, 3) and rgb.dtype == np.uint8
+    brightness = rgb.astype(int).sum(axis=-1)[0]
+    assert brightness[0] == brightness[1] == brightness[5] < brightness[2] < brightness[3] == brightness[4]
+    constant = colorize(np.ones((2, 2)), 3.0, 3.0)  # an empty range: everything at the dark end
+    np.testing.assert_array_equal(constant, np.broadcast_to(INFERNO_ANCHORS[0], (2, 2, 3)))
+
+
+def test_colorize_is_matplotlibs_inferno():
+    cmap = matplotlib.colormaps["inferno"]
+    anchors = np.linspace(0.0, 1.0, len(INFERNO_ANCHORS))
+    exact = np.rint(cmap(anchors)[:, :3] * 255)
+    np.testing.assert_array_equal(colorize(anchors[None] * 4 - 2, -2.0, 2.0)[0], exact)  # any (low, high)
+    # Between the anchors the interpolation stays close to matplotlib's 256-entry table.
+    positions = np.linspace(0.0, 1.0, 1001)
+    difference = np.abs(colorize(positions[None], 0.0, 1.0)[0].astype(int) - np.rint(cmap(positions)[:, :3] * 255))
+    assert difference.mean() < 3 and difference.max() <= 17
+
+
 # ------------------------------------------------------------- missing matplotlib
 def test_missing_matplotlib_raises_an_install_hint(monkeypatch, batch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -226,3 +249,5 @@ def test_missing_matplotlib_raises_an_install_hint(monkeypatch, batch):
     ):
         with pytest.raises(ImportError, match=r'pip install "skflow-ad\[plot\]"'):
             call()
+    # colorize needs numpy only.
+    np.testing.assert_array_equal(reloaded.colorize(batch[1][0], 0.0, 1.0), colorize(batch[1][0], 0.0, 1.0))

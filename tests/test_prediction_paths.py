@@ -39,6 +39,22 @@ def test_one_pass_equals_the_two_public_methods(detector, small_images):
     np.testing.assert_array_equal(maps, detector.anomaly_map(small_images))
 
 
+def test_a_list_of_sizes_gives_each_images_own_results(detector, small_images):
+    # Mixed sizes: every image's map, mask and score equal those of the image scored alone.
+    rng = np.random.RandomState(1)
+    images = [small_images[0], (rng.rand(40, 36) * 255).astype(np.uint8), small_images[2][:24, :20]]
+    maps = detector.anomaly_map(images)
+    masks = detector.predict_mask(images, method="threshold")
+    scores = detector.score_samples(images)
+    assert isinstance(maps, list) and [m.shape for m in maps] == [(32, 32), (40, 36), (24, 20)]
+    for image, anomaly_map, mask, score in zip(images, maps, masks, scores):
+        alone_score, (alone_map,) = detector.score_samples_and_anomaly_map(image[None])
+        np.testing.assert_allclose(anomaly_map, alone_map, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(mask, detector.predict_mask(image[None], method="threshold")[0])
+        np.testing.assert_allclose(score, alone_score[0], rtol=1e-5, atol=1e-6)
+        assert anomaly_map.std() > 0  # a real map
+
+
 def test_one_pass_on_images_of_different_sizes(fitted_uflow, small_images):
     images = [small_images[0], np.pad(small_images[1], ((0, 8), (0, 4))), small_images[2]]
     scores, maps = fitted_uflow.score_samples_and_anomaly_map(images)
@@ -79,37 +95,3 @@ def test_compile_failure_is_a_clear_error(fitted_uflow, small_images, monkeypatc
         det.score_samples(small_images)
     det.set_params(compile_inference=False)  # the fitted model is intact
     np.testing.assert_array_equal(det.score_samples(small_images), fitted_uflow.score_samples(small_images))
-
-
-@pytest.mark.parametrize("shape, subnet", [((6, 5, 5), "conv"), ((7,), "mlp")])
-@pytest.mark.parametrize(
-    "options", [{}, {"reverse_permutation": True}, {"permute_soft": True}, {"learned_householder_permutation": 2}]
-)
-def test_indexed_permutation_equals_freias_block(shape, subnet, options):
-    import FrEIA.modules as Fm
-
-    from skflow_ad.nn._blocks import AllInOneBlock, ConvSubnet, MLPSubnet, SubnetFactory, seeded
-
-    factory = (SubnetFactory(ConvSubnet, kernel_size=3, hidden_ratio=1.0) if subnet == "conv"
-               else SubnetFactory(MLPSubnet, hidden_ratio=1.0))
-    blocks = []
-    for block_type in (Fm.AllInOneBlock, AllInOneBlock):
-        with seeded(0):
-            blocks.append(block_type([shape], subnet_constructor=factory, **options))
-    freia, ours = blocks
-    assert list(ours.state_dict()) == list(freia.state_dict())
-    ours.load_state_dict(freia.state_dict())
-    hard = not options.get("permute_soft") and not options.get("learned_householder_permutation")
-    assert hasattr(ours, "_perm_index") == hard
-    x = torch.randn(4, *shape, requires_grad=True)
-    outputs, grads = [], []
-    for block in (freia, ours):
-        (y,), log_jac_det = block([x])
-        (x_back,), _ = block([y], rev=True)
-        (gx,) = torch.autograd.grad((y.pow(2).sum() - log_jac_det.sum()), x)
-        outputs.append((y, log_jac_det, x_back))
-        grads.append(gx)
-    for got, expected in zip(outputs[1], outputs[0]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
-    torch.testing.assert_close(outputs[1][2], x, rtol=1e-5, atol=1e-5)

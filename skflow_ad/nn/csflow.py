@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from FrEIA.modules import InvertibleModule
 from torch import Tensor, nn
 
+from ._blocks import freeze_parameter_order
+
 __all__ = [
     "ChannelPermutation",
     "CrossConvolution",
@@ -495,14 +497,7 @@ class CrossScaleFlow(nn.Module):
             nodes += [*permutations, coupling]
             current = [(coupling, i) for i in range(self.n_scales)]
         nodes += [Ff.OutputNode(current[i], name=f"latent_scale{i}") for i in range(self.n_scales)]
-        graph = Ff.GraphINN(nodes, force_tuple_output=True)
-        # GraphINN sorts nodes through sets of id-hashed nodes, so its order (and
-        # with it which module each state_dict key names) changes from build to
-        # build. The build order is a valid topological order: use it instead, so
-        # state_dicts load into the right modules.
-        graph.node_list = nodes
-        graph.module_list = nn.ModuleList(node.module for node in nodes if node.module is not None)
-        return graph
+        return freeze_parameter_order(Ff.GraphINN(nodes, force_tuple_output=True), nodes)
 
     @property
     def coupling_blocks(self) -> list[CrossScaleCoupling]:

@@ -1,51 +1,35 @@
-"""Datasets for image anomaly detection.
+"""Generated surfaces: textured industrial parts with planted defects and exact masks.
 
-Three sources of images, all returned in the package's conventions:
-
-- :func:`make_surface_defects` and :func:`make_surface_train_test` generate
-  textured industrial surfaces (brushed metal, cast grain, woven fabric) with
-  planted scratches, cracks, spots and contamination, together with exact pixel
-  masks of every defect;
-- :func:`load_mvtec_folder` reads a dataset stored in the MVTec-AD folder layout;
-- :func:`load_images` and :class:`ImageFileLoader` read a list of image files,
-  the latter as the first step of a scikit-learn :class:`~sklearn.pipeline.Pipeline`.
+:func:`make_surface_defects` and :func:`make_surface_train_test` render
+brushed metal, cast grain or woven fabric under varying lighting, and plant
+scratches, cracks, spots and contamination whose pixel masks are known
+exactly. The data is generated, so it carries no licence restrictions.
 
 Conventions: images are ``uint8`` arrays, gray ``(n, H, W)`` or colour
 channels-last ``(n, H, W, 3)``; labels are ``+1`` for normal and ``-1`` for
-anomalous images (as returned by scikit-learn outlier detectors' ``predict``);
-masks are boolean ``(n, H, W)`` arrays, ``True`` on anomalous pixels.
+anomalous images; masks are boolean ``(n, H, W)`` arrays, ``True`` on
+anomalous pixels.
 """
 
 from __future__ import annotations
 
-import warnings
-from numbers import Integral
-from os import PathLike
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from scipy.special import expit
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import Bunch, check_random_state
-from sklearn.utils._param_validation import Interval
+
+from ._parameters import check_bool, check_count, check_image_size, is_integer
 
 __all__ = [
     "DEFECT_AREA_RANGE",
     "DEFECT_TYPES",
-    "IMAGE_EXTENSIONS",
     "SURFACE_TEXTURES",
-    "ImageFileLoader",
-    "load_images",
-    "load_mvtec_folder",
     "make_surface_defects",
     "make_surface_train_test",
 ]
 
 SURFACE_TEXTURES = ("brushed", "grain", "weave")
 DEFECT_TYPES = ("scratch", "crack", "spot", "contamination")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Share of an anomalous image's pixels covered by its defect mask; defects are
 # re-drawn until the mask falls in this range, so the guarantee is exact.
@@ -69,53 +53,6 @@ _MATERIAL_TINTS = {
 _TEXTURE_CONTRAST = {"brushed": 0.055, "grain": 0.05, "weave": 0.065}
 _OIL_TINT = np.array([1.16, 0.93, 0.68])  # dark contamination: oil, rust
 _DUST_TINT = np.array([1.02, 1.00, 0.94])  # bright contamination: dust, residue
-
-
-# ---------------------------------------------------------------------------
-# Parameter checks shared by all sources
-# ---------------------------------------------------------------------------
-
-
-def _is_integer(value):
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_image_size(image_size, *, allow_none, minimum=1):
-    """``image_size`` as a ``(height, width)`` tuple of ints, or None.
-
-    An int means a square image; a pair means ``(height, width)``.
-    """
-    if image_size is None and allow_none:
-        return None
-    if _is_integer(image_size):
-        size = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(_is_integer(side) for side in image_size)
-    ):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        expected = "None, " if allow_none else ""
-        raise TypeError(
-            f"image_size must be {expected}an int (square images) or a (height, width) "
-            f"pair of ints, got {image_size!r}."
-        )
-    if min(size) < minimum:
-        raise ValueError(f"image_size must be at least {minimum} pixels on each side, got {image_size!r}.")
-    return size
-
-
-def _check_count(value, name):
-    if not _is_integer(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
-    return int(value)
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}.")
-    return bool(value)
 
 
 # ---------------------------------------------------------------------------
@@ -524,16 +461,16 @@ def _generate_surfaces(
     surfaces without defects) as uint8 images, ``y``, ``masks`` and
     ``defect_types`` (``"good"``, a defect type, or ``"combined"``).
     """
-    n_normal = _check_count(n_normal, "n_normal")
-    n_anomalous = _check_count(n_anomalous, "n_anomalous")
+    n_normal = check_count(n_normal, "n_normal")
+    n_anomalous = check_count(n_anomalous, "n_anomalous")
     if n_normal + n_anomalous == 0:
         raise ValueError("n_normal + n_anomalous must be at least 1.")
-    height, width = _check_image_size(image_size, allow_none=False, minimum=_MIN_SYNTHETIC_SIZE)
-    color = _check_bool(color, "color")
+    height, width = check_image_size(image_size, allow_none=False, minimum=_MIN_SYNTHETIC_SIZE)
+    color = check_bool(color, "color")
     if texture not in SURFACE_TEXTURES:
         raise ValueError(f"unknown texture {texture!r}; choose from {SURFACE_TEXTURES}.")
     defect_types = _check_defect_types(defect_types)
-    if not _is_integer(max_defects_per_image) or max_defects_per_image < 1:
+    if not is_integer(max_defects_per_image) or max_defects_per_image < 1:
         raise ValueError(f"max_defects_per_image must be an int >= 1, got {max_defects_per_image!r}.")
     rng = check_random_state(random_state)
 
@@ -665,7 +602,7 @@ def make_surface_defects(
     >>> y.tolist()
     [1, 1, 1, 1, 1, 1, 1, 1, -1, -1]
     """
-    shuffle = _check_bool(shuffle, "shuffle")
+    shuffle = check_bool(shuffle, "shuffle")
     data = _generate_surfaces(
         n_normal,
         n_anomalous,
@@ -733,9 +670,9 @@ def make_surface_train_test(
     >>> data.X_train.shape, data.X_test.shape, int((data.y_test == -1).sum())
     ((20, 32, 32), (10, 32, 32), 5)
     """
-    n_train = _check_count(n_train, "n_train")
-    n_test_normal = _check_count(n_test_normal, "n_test_normal")
-    n_test_anomalous = _check_count(n_test_anomalous, "n_test_anomalous")
+    n_train = check_count(n_train, "n_train")
+    n_test_normal = check_count(n_test_normal, "n_test_normal")
+    n_test_anomalous = check_count(n_test_anomalous, "n_test_anomalous")
     data = _generate_surfaces(
         n_train + n_test_normal,
         n_test_anomalous,
@@ -762,435 +699,4 @@ def make_surface_train_test(
         defect_types=data.defect_types[test_order],
         texture=texture,
         DESCR=description,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Image files
-# ---------------------------------------------------------------------------
-
-_RESAMPLING = getattr(Image, "Resampling", Image)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _describe_size(size):
-    return f"{size[0]} x {size[1]} (height x width)"
-
-
-def _to_8bit(image, color):
-    """A PIL image as 8-bit ``"L"`` or ``"RGB"``; 16-bit gray is divided by 257."""
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode != "F":
-            values = values / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB" if color else "L")
-
-
-def _open_image(path):
-    """Open and decode an image file, with errors that name the file."""
-    try:
-        image = Image.open(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path} does not exist.") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not an image file.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image file {path}: {error}") from error
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as error:
-        image.close()
-        raise ValueError(f"cannot read image file {path}: {error}") from error
-    return image
-
-
-def _read_image(path, *, target_size, color):
-    """Read one image as uint8 ``(H, W)`` or ``(H, W, 3)``; also return its native ``(H, W)``."""
-    with _open_image(path) as image:
-        native_size = (image.height, image.width)
-        image = _to_8bit(image, color)
-        if target_size is not None and target_size != native_size:
-            image = image.resize((target_size[1], target_size[0]), resample=_RESAMPLING.BILINEAR)
-        return np.asarray(image, dtype=np.uint8), native_size
-
-
-def _read_mask(path):
-    """Read a mask image as bool ``(H, W)``: pixels above half the mask's maximum value.
-
-    Half the maximum accepts 0/255 masks, 0/1 label images and slightly
-    compressed masks alike.
-    """
-    with _open_image(path) as image:
-        if image.mode in ("1", "L", "F") or image.mode in _SIXTEEN_BIT_MODES:
-            values = np.asarray(image)
-        else:
-            values = np.asarray(image.convert("L"))
-    peak = values.max()
-    if peak <= 0:
-        return np.zeros(values.shape, dtype=bool)
-    return values > peak / 2
-
-
-def _resize_mask(mask, target_size):
-    image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    resized = image.resize((target_size[1], target_size[0]), resample=_RESAMPLING.NEAREST)
-    return np.asarray(resized) > 127
-
-
-def _check_paths(paths):
-    if isinstance(paths, (str, bytes, PathLike)):
-        raise TypeError(f"expected a list of image paths, got the single path {paths!r}; wrap it in a list.")
-    if isinstance(paths, np.ndarray) and paths.ndim == 2 and paths.shape[1] == 1:
-        # A one-column table of paths, as a ColumnTransformer passes it on.
-        paths = paths[:, 0]
-    try:
-        paths = list(paths)
-    except TypeError:
-        raise TypeError(f"expected a list of image paths, got {type(paths).__name__}.") from None
-    for index, path in enumerate(paths):
-        if not isinstance(path, (str, PathLike)):
-            raise TypeError(
-                f"image paths must be str or os.PathLike; item {index} is {path!r} ({type(path).__name__})."
-            )
-    if not paths:
-        raise ValueError("the list of image paths is empty.")
-    return [Path(path) for path in paths]
-
-
-def _read_images(paths, *, target_size, color, reference=None):
-    """Read images into one uint8 array; return it and the native ``(H, W)`` sizes.
-
-    Without ``target_size`` all images must share the size of the first one, or
-    of ``reference``, a ``(size, path)`` pair from an earlier batch.
-    """
-    images = None
-    native_sizes = []
-    for index, path in enumerate(paths):
-        image, native_size = _read_image(path, target_size=target_size, color=color)
-        if target_size is None:
-            if reference is None:
-                reference = (native_size, path)
-            elif native_size != reference[0]:
-                raise ValueError(
-                    f"images differ in size: {path} is {_describe_size(native_size)} but {reference[1]} is "
-                    f"{_describe_size(reference[0])}. Pass image_size=(height, width) (or an int for "
-                    f"squares) to resize all images to one size."
-                )
-        if images is None:
-            images = np.empty((len(paths), *image.shape), dtype=np.uint8)
-        images[index] = image
-        native_sizes.append(native_size)
-    return images, native_sizes
-
-
-def load_images(paths, *, image_size=None, color=False):
-    """Read image files into one array.
-
-    Parameters
-    ----------
-    paths : sequence of str or path-like
-        Image files in any format Pillow reads (PNG, JPEG, BMP, TIFF, ...).
-        A 2-d array with a single column is read as its column.
-    image_size : int, (int, int) or None, default=None
-        None keeps the native size, which then must be the same for all
-        images. An int resizes to squares, a pair to ``(height, width)``, with
-        bilinear interpolation (anti-aliased when shrinking).
-    color : bool, default=False
-        False converts to 8-bit gray, True to 8-bit RGB (alpha channels are
-        dropped). 16-bit gray images are divided by 257; 32-bit float images
-        are read as values in 0-255.
-
-    Returns
-    -------
-    images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
-        The images in the order of ``paths``.
-
-    Raises
-    ------
-    TypeError
-        If ``paths`` is a single path or holds something that is not a path.
-    ValueError
-        If ``paths`` is empty, a file cannot be decoded as an image, or images
-        differ in size while ``image_size`` is None.
-    FileNotFoundError
-        If a file does not exist.
-    """
-    paths = _check_paths(paths)
-    target_size = _check_image_size(image_size, allow_none=True)
-    color = _check_bool(color, "color")
-    images, _ = _read_images(paths, target_size=target_size, color=color)
-    return images
-
-
-class ImageFileLoader(TransformerMixin, BaseEstimator):
-    """Read image files: the first step of a pipeline that starts from file paths.
-
-    A stateless transformer: ``fit`` only checks the parameters, and
-    ``transform`` maps a list of paths to an image array with
-    :func:`load_images`, so that for instance
-    ``Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])``
-    fits and predicts on lists of files.
-
-    Parameters
-    ----------
-    image_size : int, (int, int) or None, default=None
-        None keeps the native size (all images must then share it); an int
-        resizes to squares, a pair to ``(height, width)``.
-    color : bool, default=False
-        False gives gray ``(n, H, W)`` images, True RGB ``(n, H, W, 3)``.
-
-    See Also
-    --------
-    load_images : The function this transformer applies.
-
-    Examples
-    --------
-    >>> from skflow_ad.datasets import ImageFileLoader
-    >>> ImageFileLoader(image_size=(48, 64), color=True).fit()
-    ImageFileLoader(color=True, image_size=(48, 64))
-
-    Starting a pipeline from file paths, with ``detector`` any estimator that
-    takes image arrays:
-
-    >>> from sklearn.pipeline import Pipeline
-    >>> pipeline = Pipeline([("load", ImageFileLoader(image_size=64)), ("detect", detector)])  # doctest: +SKIP
-    >>> pipeline.fit(train_paths).predict(test_paths)  # doctest: +SKIP
-    """
-
-    _parameter_constraints = {
-        "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
-        "color": ["boolean"],
-    }
-
-    def __init__(self, image_size=None, color=False):
-        self.image_size = image_size
-        self.color = color
-
-    def _check_parameters(self):
-        self._validate_params()
-        return _check_image_size(self.image_size, allow_none=True)
-
-    def fit(self, X=None, y=None):
-        """Check the parameters; nothing is learned.
-
-        Parameters
-        ----------
-        X : ignored
-            Accepted for compatibility with :class:`~sklearn.pipeline.Pipeline`.
-        y : ignored
-
-        Returns
-        -------
-        self : ImageFileLoader
-        """
-        self._check_parameters()
-        return self
-
-    def transform(self, X):
-        """Read the image files.
-
-        Parameters
-        ----------
-        X : sequence of str or path-like, length n
-            Image file paths.
-
-        Returns
-        -------
-        images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
-        """
-        target_size = self._check_parameters()
-        paths = _check_paths(X)
-        images, _ = _read_images(paths, target_size=target_size, color=self.color)
-        return images
-
-    def __sklearn_is_fitted__(self):
-        return True
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags
-
-
-# ---------------------------------------------------------------------------
-# MVTec-AD folders
-# ---------------------------------------------------------------------------
-
-_MVTEC_LAYOUT = (
-    "expected the MVTec-AD layout: <root>/train/good/*.png, <root>/test/good/*.png, "
-    "<root>/test/<defect type>/*.png and <root>/ground_truth/<defect type>/<name>_mask.png"
-)
-
-
-def _list_images(folder):
-    """Image files directly in ``folder``, sorted by name; hidden files are skipped."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _find_mask(ground_truth, defect_type, image_path):
-    """The mask of a defect image: ``<stem>_mask.<ext>``, else ``<stem>.<ext>``."""
-    folder = ground_truth / defect_type
-    if not folder.is_dir():
-        return None
-    for stem in (f"{image_path.stem}_mask", image_path.stem):
-        for extension in (".png", *IMAGE_EXTENSIONS):
-            for candidate in (folder / f"{stem}{extension}", folder / f"{stem}{extension.upper()}"):
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
-def load_mvtec_folder(root, *, image_size=None, color=False, require_masks=True):
-    """Load a dataset stored in the MVTec-AD folder layout.
-
-    ::
-
-        root/
-            train/good/            normal training images
-            test/good/             normal test images
-            test/<defect type>/    anomalous test images, one folder per defect type
-            ground_truth/<defect type>/<image name>_mask.png
-
-    Image files are those ending in .png, .jpg, .jpeg, .bmp, .tif or .tiff
-    (any case); other and hidden files are ignored. A mask may also be named
-    like its image (``<image name>.png``); its defect pixels are those above
-    half the mask's maximum value, so 0/255 and 0/1 masks both work.
-
-    Parameters
-    ----------
-    root : str or path-like
-        The dataset folder (one MVTec-AD category).
-    image_size : int, (int, int) or None, default=None
-        None keeps the native size, which then must be the same for all
-        images. An int resizes to squares, a pair to ``(height, width)``:
-        images with bilinear interpolation (anti-aliased when shrinking),
-        masks with nearest-neighbour interpolation.
-    color : bool, default=False
-        False gives gray ``(n, H, W)`` images, True RGB ``(n, H, W, 3)``.
-    require_masks : bool, default=True
-        True raises an error when an anomalous test image has no mask file;
-        False gives it an all-False mask and warns once for all such images.
-
-    Returns
-    -------
-    data : :class:`~sklearn.utils.Bunch`
-        - ``X_train``: ndarray ``(n_train, H, W)`` or ``(n_train, H, W, 3)``, uint8;
-        - ``X_test``: ndarray ``(n_test, H, W)`` or ``(n_test, H, W, 3)``, uint8;
-        - ``y_test``: ndarray ``(n_test,)``, ``+1`` for ``test/good``, ``-1`` otherwise;
-        - ``masks_test``: ndarray ``(n_test, H, W)``, bool, all False for normal images;
-        - ``defect_types``: ndarray ``(n_test,)`` of str, ``"good"`` or the folder name;
-        - ``train_paths``, ``test_paths``: lists of str, the image files;
-        - ``mask_paths``: list of str or None, the mask file of each test image;
-        - ``root``: str, the dataset folder.
-
-        Training images are sorted by file name; test images come ``test/good``
-        first, then the other folders in alphabetical order, each sorted by
-        file name.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``root``, ``root/train/good`` or ``root/test`` does not exist.
-    ValueError
-        If a folder holds no images, a file cannot be read, images differ in
-        size while ``image_size`` is None, a mask's size differs from its
-        image's, or (with ``require_masks=True``) an anomalous image has no
-        mask.
-
-    Examples
-    --------
-    >>> from skflow_ad.datasets import load_mvtec_folder
-    >>> data = load_mvtec_folder("mvtec_ad/bottle", image_size=128)  # doctest: +SKIP
-    >>> data.X_train.shape  # doctest: +SKIP
-    (209, 128, 128)
-    """
-    if not isinstance(root, (str, PathLike)):
-        raise TypeError(f"root must be a str or path-like, got {type(root).__name__}.")
-    root = Path(root)
-    target_size = _check_image_size(image_size, allow_none=True)
-    color = _check_bool(color, "color")
-    require_masks = _check_bool(require_masks, "require_masks")
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist or is not a folder.")
-    train_folder = root / "train" / "good"
-    test_folder = root / "test"
-    for folder in (train_folder, test_folder):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"folder {folder} does not exist; {_MVTEC_LAYOUT}.")
-
-    train_paths = _list_images(train_folder)
-    if not train_paths:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {train_folder}.")
-    test_folders = sorted(
-        (folder for folder in test_folder.iterdir() if folder.is_dir() and not folder.name.startswith(".")),
-        key=lambda folder: (folder.name != "good", folder.name),
-    )
-    test_paths, defect_types = [], []
-    for folder in test_folders:
-        images = _list_images(folder)
-        test_paths += images
-        defect_types += [folder.name] * len(images)
-    if not test_paths:
-        raise ValueError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the subfolders of {test_folder}."
-        )
-
-    ground_truth = root / "ground_truth"
-    mask_paths = [
-        None if defect_type == "good" else _find_mask(ground_truth, defect_type, path)
-        for path, defect_type in zip(test_paths, defect_types)
-    ]
-    missing = [
-        path
-        for path, defect_type, mask in zip(test_paths, defect_types, mask_paths)
-        if defect_type != "good" and mask is None
-    ]
-    if missing:
-        listed = ", ".join(str(path) for path in missing[:3])
-        if len(missing) > 3:
-            listed += f" and {len(missing) - 3} more"
-        message = (
-            f"{len(missing)} anomalous test image(s) have no mask file in {ground_truth}/<defect type>/ "
-            f"(looked for <name>_mask.png): {listed}."
-        )
-        if require_masks:
-            raise ValueError(f"{message} Pass require_masks=False to give them empty masks.")
-        warnings.warn(f"{message} Their masks are left empty (all False).", UserWarning, stacklevel=2)
-
-    X_train, train_sizes = _read_images(train_paths, target_size=target_size, color=color)
-    reference = (train_sizes[0], train_paths[0]) if target_size is None else None
-    X_test, test_sizes = _read_images(test_paths, target_size=target_size, color=color, reference=reference)
-
-    masks_test = np.zeros(X_test.shape[:3], dtype=bool)
-    for index, (image_path, mask_path) in enumerate(zip(test_paths, mask_paths)):
-        if mask_path is None:
-            continue
-        mask = _read_mask(mask_path)
-        if mask.shape != test_sizes[index]:
-            raise ValueError(
-                f"mask {mask_path} is {_describe_size(mask.shape)} but its image {image_path} is "
-                f"{_describe_size(test_sizes[index])}."
-            )
-        if mask.shape != masks_test.shape[1:]:
-            mask = _resize_mask(mask, masks_test.shape[1:])
-        masks_test[index] = mask
-
-    return Bunch(
-        X_train=X_train,
-        X_test=X_test,
-        y_test=np.where(np.asarray(defect_types) == "good", 1, -1),
-        masks_test=masks_test,
-        defect_types=np.asarray(defect_types, dtype=object),
-        train_paths=[str(path) for path in train_paths],
-        test_paths=[str(path) for path in test_paths],
-        mask_paths=[None if path is None else str(path) for path in mask_paths],
-        root=str(root),
     )
