@@ -9,8 +9,9 @@ Two subcommands::
 MVTec-AD category), fits a detector and saves it with joblib. ``score`` loads a
 saved detector, scores the images of a folder (or the test split of an MVTec-AD
 category, which it then evaluates) batch by batch, and writes ``scores.csv``,
-optionally heatmap and mask PNGs, and ``metrics.json`` when ground truth is
-known.
+optionally heatmap and mask PNGs with ``regions.csv`` (the connected defect
+regions of the masks), and ``metrics.json`` when ground truth is known; one
+pass of the network per batch gives all of them.
 
 Exit status: 0 on success, 2 for usage errors, 1 for bad data, paths or models
 (reported as one ``error: ...`` line on stderr), 3 when ``score`` could not
@@ -54,7 +55,10 @@ from .base import BaseFlowDetector
 from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, read_image, stack_images
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .features import PretrainedWeightsError
+from .conventions import labels_from_decision
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
+from .prediction import MASK_METHODS
+from .regions import RECORD_FIELDS, regions_to_records
 from .plotting import colorize
 from .trainer import resolve_device
 from .uflow import UFlowDetector
@@ -305,6 +309,8 @@ def _add_score_parser(commands):
             "For an MVTec-AD root, the test split is scored and evaluated: image AUROC, pixel AUROC,\n"
             "AUPRO and best F1 are printed and written to OUTDIR/metrics.json (pixel metrics need the\n"
             "masks in ground_truth/<defect type>/<name>_mask.png).\n\n"
+            "With --masks, OUTDIR/regions.csv lists the connected defect regions of every mask, the\n"
+            "unit of an inspection decision (see --masks below).\n\n"
             "Images are read at their native size, batch by batch; the detector resizes them to its\n"
             "own working size and returns heatmaps and masks at each image's own size. Images are read\n"
             "as RGB or gray to match the images the detector was fitted on; 8-bit files as uint8,\n"
@@ -331,11 +337,18 @@ def _add_score_parser(commands):
                        "at the image's size (default: off)")
     score.add_argument("--masks", action="store_true",
                        help="write predicted anomaly masks (255 = anomalous pixel, 0 = normal) to "
-                       "OUTDIR/masks/<subfolders>/<stem>.png (default: off)")
-    score.add_argument("--mask-method", choices=("nfa", "threshold"),
-                       help="nfa: a-contrario test on the latents (no threshold needed); threshold: anomaly "
-                       "map above the threshold learned on the training images (default: the detector's "
-                       "mask_method, nfa unless set at fit time)")
+                       "OUTDIR/masks/<subfolders>/<stem>.png and their connected defect regions to "
+                       "OUTDIR/regions.csv: one row per region with its image, rank (most severe first), area "
+                       "in pixels, bounding box (row0, col0, row1, col1; half-open), centroid, maximum and mean "
+                       "anomaly-map value, and log10 NFA (NFA methods) or margin over the pixel threshold "
+                       "(threshold method) (default: off)")
+    score.add_argument("--mask-method", choices=MASK_METHODS,
+                       help="tree_nfa: a-contrario test on the level sets of the latent energy (U-Flow's current "
+                       "paper); block_nfa: a-contrario test on windows of the latents (its first version); "
+                       "threshold: anomaly map above the threshold learned on the training images (default: "
+                       "the detector's mask_method, tree_nfa unless set at fit time)")
+    score.add_argument("--min-region-area", type=_positive_int, metavar="N",
+                       help="drop mask regions smaller than N pixels (default: the detector's min_region_area, 1)")
     score.add_argument("--heatmap-range", type=_heatmap_range, default="threshold",
                        metavar="threshold|image|LOW:HIGH",
                        help="anomaly-map values mapped to the darkest and brightest colours: threshold is "
@@ -734,6 +747,9 @@ def _run_score(args):
     errors = {}  # image index -> why it could not be scored
     kept_maps, ground_truth, evaluated = [], [], []
 
+    if args.min_region_area is not None:
+        model.set_params(min_region_area=args.min_region_area)
+    region_records = []
     with tqdm(total=n_images, desc="scoring", unit="img", disable=args.quiet) as progress:
         for start in range(0, n_images, batch_size):
             batch = range(start, min(start + batch_size, n_images))
@@ -742,12 +758,16 @@ def _run_score(args):
             if not kept:
                 continue
             images = stack_images(images)
-            if args.heatmaps or evaluate_pixels:
-                batch_scores, maps = model.score_samples_and_anomaly_map(images)  # one pass for both
+            masks = regions = None
+            # One pass of the network for everything asked for.
+            if args.masks:
+                result = model.inspect(images, method=args.mask_method)
+                batch_scores, maps, masks, regions = result.scores, result.anomaly_maps, result.masks, result.regions
+            elif args.heatmaps or evaluate_pixels:
+                batch_scores, maps = model.score_samples_and_anomaly_map(images)
             else:
                 batch_scores, maps = model.score_samples(images), None
             scores[kept] = batch_scores
-            masks = model.predict_mask(images, method=args.mask_method) if args.masks else None
             for offset, index in enumerate(kept):
                 name = names[index]
                 if args.heatmaps:
@@ -756,22 +776,23 @@ def _run_score(args):
                     _write_png(colorize(anomaly_map, low, high), output / "heatmaps" / name)
                 if masks is not None:
                     _write_png(np.asarray(masks[offset], dtype=np.uint8) * 255, output / "masks" / name)
+                    region_records += regions_to_records([regions[offset]], [str(dataset.paths[index])])
                 if evaluate_pixels:
                     kept_maps.append(maps[offset])
                     ground_truth.append(_ground_truth_mask(dataset, index, maps[offset].shape))
             evaluated += kept
 
     scored = np.isfinite(scores)
-    # predict() is the sign of decision_function = score_samples - offset_; computing
-    # it here saves another pass of the images through the network.
-    predictions = np.where(scores - model.offset_ < 0, -1, 1)
+    # predict()'s labels from the scores already computed: no second pass of the network.
+    predictions = labels_from_decision(scores - model.offset_)
     _write_scores(output / "scores.csv", dataset, scores, predictions, errors)
     print(f"scored {int(scored.sum())} images, {int((predictions[scored] == -1).sum())} predicted anomalous; "
           f"wrote {output / 'scores.csv'}")
     if args.heatmaps:
         print(f"heatmaps in {output / 'heatmaps'}")
     if args.masks:
-        print(f"masks in {output / 'masks'}")
+        _write_regions(output / "regions.csv", region_records)
+        print(f"masks in {output / 'masks'}; {len(region_records)} defect regions in {output / 'regions.csv'}")
 
     if dataset.labels is not None and evaluated:
         if errors:
@@ -796,6 +817,15 @@ def _run_score(args):
               f"{output / 'scores.csv'} have an empty score and the reason in the error column.", file=sys.stderr)
         return EXIT_SOME_IMAGES_FAILED
     return 0
+
+
+def _write_regions(path, records):
+    """``regions.csv``: one row per defect region (:data:`skflow_ad.regions.RECORD_FIELDS`)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_FIELDS)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({key: "" if value is None else value for key, value in record.items()})
 
 
 def _read_batch(paths, indices, color, errors, progress):

@@ -24,8 +24,7 @@ import os
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import IMAGES, batch_layout
-from .datasets._parameters import check_image_size
+from ._validation import IMAGES, batch_layout, check_image_size
 from .datasets.files import check_paths, describe_size, image_file_size, load_images, read_image, stack_images
 
 __all__ = ["score_partitions"]

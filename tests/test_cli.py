@@ -189,6 +189,21 @@ def test_score_mvtec_root_writes_scores_heatmaps_masks_and_metrics(mvtec_root, m
         assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
         np.testing.assert_array_equal(mask == 255, expected_mask)
 
+    # regions.csv: the connected regions of each written mask, most severe first.
+    regions = _read_csv(out / "regions.csv")
+    expected_regions = model.predict_regions(images, method="threshold")
+    assert len(regions) == sum(len(r) for r in expected_regions)
+    by_image = {}
+    for row in regions:
+        by_image.setdefault(row["image"], []).append(row)
+    for path, expected, expected_mask in zip(paths, expected_regions, expected_masks):
+        rows_here = by_image.get(str(path), [])
+        assert [int(row["rank"]) for row in rows_here] == list(range(1, len(expected) + 1))
+        assert [int(row["area"]) for row in rows_here] == [r.area for r in expected]
+        assert sum(int(row["area"]) for row in rows_here) == expected_mask.sum()
+        for row, region in zip(rows_here, expected):
+            assert float(row["margin"]) == pytest.approx(region.margin) and row["log_nfa"] == ""
+
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "best_f1"):
         assert 0.0 <= metrics[key] <= 1.0

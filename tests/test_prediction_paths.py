@@ -76,10 +76,10 @@ def test_compiled_prediction_matches_eager(detector, small_images):
     scores, maps = compiled.score_samples_and_anomaly_map(images)
     np.testing.assert_allclose(scores, detector.score_samples(images), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(maps, detector.anomaly_map(images), rtol=1e-4, atol=1e-5)
-    assert compiled._compiled_modules_ is not None
+    assert compiled._compiled_network_ is not None
     # The compiled graphs stay out of the pickle; the restored model compiles again on use.
     restored = pickle.loads(pickle.dumps(compiled))
-    assert getattr(restored, "_compiled_modules_", None) is None
+    assert getattr(restored, "_compiled_network_", None) is None
     np.testing.assert_allclose(restored.score_samples(images[:3]), scores[:3], rtol=1e-4, atol=1e-5)
 
 

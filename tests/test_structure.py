@@ -7,17 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "skflow_ad"
 
 #: Private names still imported across modules, each waiting to be made public in its home.
 #: Remove an entry when its import is gone; the test fails on new ones and on stale ones.
-KNOWN = {
-    ("model_selection.py", "metrics", "_anomalous_from_labels"),
-    ("model_selection.py", "metrics", "_as_image_list"),
-    ("model_selection.py", "metrics", "_checked_mask"),
-    ("plotting.py", "_validation", "_check_values"),
-    ("plotting.py", "_validation", "_scale_of"),
-    ("plotting.py", "metrics", "_anomalous_from_labels"),
-    ("plotting.py", "metrics", "_checked_mask"),
-    ("plotting.py", "metrics", "_checked_scores"),
-    ("plotting.py", "metrics", "_partial_area"),
-}
+KNOWN = set()
 
 
 def _private_imports():
