@@ -116,7 +116,7 @@ def describe_kind_mismatch(X, fitted_kind, estimator_name):
     if fitted_kind == VECTORS:
         return (
             f"{estimator_name} was fitted on feature vectors (n_samples, n_features); got images. "
-            f"Pass a 2-d array of the same {{n_features}} features."
+            f"Pass a 2-d array with the features it was fitted on, or refit on images."
         )
     what = _describe(X)
     if hasattr(X, "toarray") or what.startswith("scipy."):
