@@ -29,6 +29,7 @@ MODULES = (
     "skflow_ad.metrics",
     "skflow_ad.model_selection",
     "skflow_ad.parallel",
+    "skflow_ad.persistence",
     "skflow_ad.plotting",
     "skflow_ad.nfa",
     "skflow_ad.regions",

@@ -5,7 +5,8 @@ Submodules that need no torch (what a deployment machine runs): ``datasets``,
 ``metrics``, ``model_selection``, ``nfa``, ``regions`` (connected defect
 regions of a mask), ``resample``, ``conventions`` and ``deploy``. With torch:
 ``parallel`` (:func:`score_partitions`, which imports dask when called),
-``plotting`` (needs matplotlib, imported on use) and ``cli``.
+``plotting`` (needs matplotlib, imported on use), ``persistence`` (model files:
+:func:`load` and ``detector.save``) and ``cli``.
 """
 
 from importlib import import_module
@@ -22,6 +23,9 @@ _LAZY = {
     "CSFlowDetector": ".csflow",
     "UFlowDetector": ".uflow",
     "PretrainedWeightsError": ".features",
+    "load": ".persistence",
+    "ModelFileError": ".persistence",
+    "ModelVersionWarning": ".persistence",
     "score_partitions": ".parallel",
 }
 
@@ -45,6 +49,9 @@ __all__ = [
     "CSFlowDetector",
     "BaseFlowDetector",
     "PretrainedWeightsError",
+    "load",
+    "ModelFileError",
+    "ModelVersionWarning",
     "ImageFileLoader",
     "load_images",
     "load_mvtec_folder",

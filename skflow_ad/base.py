@@ -21,12 +21,23 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.validation import check_is_fitted
 
+from . import persistence
 from ._validation import IMAGES, check_image_size
 from .modes import MODES, extract_features, inference_network, mode_of
 from .nfa import chi2_threshold
 from .prediction import MASK_METHODS, ImagePredictionMixin, NetworkOutputs
 from .trainer import FlowTrainer, device_available, resolve_device, seed_from_random_state
 from .nn.vector import gaussian_log_likelihood
+
+
+#: The fitted networks: persisted as state dicts and rebuilt from the fit-time parameters on loading.
+NETWORK_ATTRIBUTES = ("flow_", "extractor_")
+
+#: Fitted attributes every fit sets, whatever the input (each mode adds its ``fitted_attributes``).
+FITTED_ATTRIBUTES = (
+    "_fit_params", "_seed", "_dtype", "input_kind_", "device_", "flow_", "extractor_", "loss_curve_",
+    "validation_loss_curve_", "best_loss_", "n_iter_", "offset_",
+)
 
 
 def _tukey_lower_fence(scores):
@@ -366,23 +377,61 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         return NetworkOutputs.from_sequence([o[:n].cpu().numpy() for o in outputs])
 
     # --------------------------------------------------------- persistence
+    def save(self, path):
+        """Write the fitted detector to one model file that loads without unpickling.
+
+        A zip archive (suffix ``.skad`` by convention) of a JSON manifest
+        (parameters, fitted attributes, package versions, checksum) and the
+        weights as safetensors; load it with :func:`skflow_ad.load`. See
+        :func:`skflow_ad.persistence.save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination; replaced atomically.
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        ValueError
+            When the backbone is a user's ``nn.Module``, which a manifest
+            cannot describe: save such a detector with joblib.
+        """
+        persistence.save(self, path)
+
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_compiled_network_", None)  # compiled graphs do not pickle; rebuilt on first use
-        for name in ("flow_", "extractor_"):
+        for name in NETWORK_ATTRIBUTES:
             module = state.get(name)
             if isinstance(module, torch.nn.Module):
                 state[name] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        return state
+        return persistence.record_versions(state)
 
     def __setstate__(self, state):
+        # The one restore path of both formats: unpickling, and skflow_ad.load with the state of a manifest.
+        state = dict(state)
+        persistence.warn_if_versions_differ(type(self).__name__, persistence.pop_saved_versions(state))
         flow_state = state.get("flow_")
         extractor_state = state.get("extractor_")
         super().__setstate__(state)
         if not isinstance(flow_state, dict):
             return
         device = self.device_ if device_available(self.device_) else "cpu"
-        self.flow_, self.extractor_ = MODES[self.input_kind_].rebuild(self, flow_state, extractor_state, device)
+        try:
+            self.flow_, self.extractor_ = MODES[self.input_kind_].rebuild(self, flow_state, extractor_state, device)
+        except RuntimeError as exc:
+            if not str(exc).startswith("Error(s) in loading state_dict"):
+                raise
+            raise persistence.ModelFileError(
+                f"the saved weights do not match the networks rebuilt from the saved parameters "
+                f"({persistence.summarize_state_dict_error(exc)})."
+            ) from exc
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise persistence.ModelFileError(
+                f"the networks could not be rebuilt from the saved parameters ({type(exc).__name__}: {exc})."
+            ) from exc
         self.device_ = device
 
     def __sklearn_tags__(self):

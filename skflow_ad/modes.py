@@ -56,6 +56,10 @@ class ImageMode:
     """Images: frozen extractor, cached features, flow, anomaly maps and masks."""
 
     kind = IMAGES
+    #: Fitted attributes set for images, beyond :data:`skflow_ad.base.FITTED_ATTRIBUTES`.
+    fitted_attributes = (
+        "feature_shapes_", "image_size_", "n_channels_", "feature_cache_dtype_", "latent_shapes_", "pixel_threshold_",
+    )
 
     def check_training_input(self, detector, X):
         images = check_images(X)
@@ -137,6 +141,9 @@ class VectorMode:
     """Feature vectors ``(n_samples, n_features)``: standardised, modelled by a vector flow in float64."""
 
     kind = VECTORS
+    #: Fitted attributes set for feature vectors, beyond :data:`skflow_ad.base.FITTED_ATTRIBUTES`
+    #: (``feature_names_in_`` too, for input with column names).
+    fitted_attributes = ("_standardize", "n_features_in_")
 
     def check_training_input(self, detector, X):
         X = validate_data(detector, X, dtype=[np.float64, np.float32], reset=True)
