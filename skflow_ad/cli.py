@@ -2,12 +2,15 @@
 
 Two subcommands::
 
-    skflow-ad fit DATA -o model.joblib [options]
-    skflow-ad score model.joblib DATA -o OUTDIR [--heatmaps] [--masks] [options]
+    skflow-ad fit DATA -o model.skad [options]
+    skflow-ad score model.skad DATA -o OUTDIR [--heatmaps] [--masks] [options]
 
 ``fit`` reads the normal images of a folder (or the ``train/good`` split of an
-MVTec-AD category), fits a detector and saves it with joblib. ``score`` loads a
-saved detector, scores the images of a folder (or the test split of an MVTec-AD
+MVTec-AD category), fits a detector and saves it: as a model file
+(:func:`skflow_ad.load`, nothing unpickled) unless the output name ends in
+``.joblib``, ``.pkl`` or ``.pickle``. ``score`` loads a saved detector (a
+joblib/pickle file only with ``--allow-pickle``, since unpickling runs the
+code a file contains), scores the images of a folder (or the test split of an MVTec-AD
 category, which it then evaluates) batch by batch, and writes ``scores.csv``,
 optionally heatmap and mask PNGs with ``regions.csv`` (the connected defect
 regions of the masks), and ``metrics.json`` when ground truth is known; one
@@ -51,12 +54,12 @@ from tqdm import tqdm
 
 from . import __version__
 from ._validation import IMAGES
-from .base import BaseFlowDetector
 from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, read_image, stack_images
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .features import PretrainedWeightsError
 from .conventions import labels_from_decision
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
+from .persistence import ModelFileError, file_kind, load_model
 from .prediction import MASK_METHODS
 from .regions import RECORD_FIELDS, regions_to_records
 from .plotting import colorize
@@ -217,8 +220,8 @@ def build_parser():
         "then score new images, write heatmaps and masks, and evaluate on MVTec-AD style folders.",
         epilog=(
             "examples:\n"
-            f"  {PROG} fit mvtec/bottle -o bottle.joblib --backbone resnet18 --epochs 20\n"
-            f"  {PROG} score bottle.joblib mvtec/bottle -o results --heatmaps --masks\n\n"
+            f"  {PROG} fit mvtec/bottle -o bottle.skad --backbone resnet18 --epochs 20\n"
+            f"  {PROG} score bottle.skad mvtec/bottle -o results --heatmaps --masks\n\n"
             f"Run '{PROG} COMMAND --help' for the options of a command. Exit status: 0 on success, "
             "2 for usage errors, 1 for bad data, paths or models, 3 when score could not read some "
             "images (the others are scored and written)."
@@ -238,14 +241,14 @@ def _add_fit_parser(commands):
         "fit",
         help="fit a detector on a folder of normal images and save it",
         description=(
-            "Fit an anomaly detector on normal (defect-free) images and save it with joblib.\n\n"
+            "Fit an anomaly detector on normal (defect-free) images and save it to a model file.\n\n"
             "Options left out keep the detector's own defaults (shown for uflow). Images are loaded at\n"
             "their native size (they may differ) and resized by the detector to its --image-size."
         ),
         epilog=(
             "examples:\n"
-            f"  {PROG} fit train_images/ -o model.joblib --backbone resnet18 --image-size 256\n"
-            f"  {PROG} fit mvtec/bottle -o bottle.joblib --epochs 50 --param flow_steps=6 --param learning_rate=5e-4"
+            f"  {PROG} fit train_images/ -o model.skad --backbone resnet18 --image-size 256\n"
+            f"  {PROG} fit mvtec/bottle -o bottle.skad --epochs 50 --param flow_steps=6 --param learning_rate=5e-4"
         ),
         formatter_class=_HelpFormatter,
     )
@@ -256,7 +259,9 @@ def _add_fit_parser(commands):
         "or an MVTec-AD category root (a folder with train/good/), whose train/good/ images are used",
     )
     fit.add_argument("-o", "--output", metavar="MODEL", required=True,
-                     help="file to save the fitted detector to (joblib format; missing folders are created)")
+                     help="file to save the fitted detector to, missing folders created: a model file (weights as "
+                     "safetensors and a JSON manifest, loaded without unpickling; suffix .skad by convention), "
+                     "or a joblib pickle when the name ends in .joblib, .pkl or .pickle")
     fit.add_argument("--detector", choices=tuple(DETECTORS), default="uflow",
                      help="the method: U-Flow or CS-Flow (default: uflow)")
     fit.add_argument("--backbone", metavar="NAME",
@@ -318,12 +323,18 @@ def _add_score_parser(commands):
         ),
         epilog=(
             "examples:\n"
-            f"  {PROG} score model.joblib new_images/ -o results --heatmaps\n"
-            f"  {PROG} score bottle.joblib mvtec/bottle -o results --masks --mask-method threshold"
+            f"  {PROG} score model.skad new_images/ -o results --heatmaps\n"
+            f"  {PROG} score old_model.joblib new_images/ -o results --allow-pickle\n"
+            f"  {PROG} score bottle.skad mvtec/bottle -o results --masks --mask-method threshold"
         ),
         formatter_class=_HelpFormatter,
     )
-    score.add_argument("model", metavar="MODEL", help="a detector file written by 'fit'")
+    score.add_argument("model", metavar="MODEL",
+                       help="a detector file written by 'fit' or by detector.save(); a joblib/pickle file only "
+                       "with --allow-pickle")
+    score.add_argument("--allow-pickle", action="store_true",
+                       help="also load joblib/pickle model files. Unpickling runs the code the file contains: "
+                       "pass it only for files from a trusted source (default: refuse pickles)")
     score.add_argument(
         "data", metavar="DATA",
         help="an image file or a folder of images, searched recursively (hidden files and folders, "
@@ -504,15 +515,20 @@ def _training_image_paths(data):
 
 def _check_model_output(path):
     if path.is_dir():
-        raise CommandError(f"output {path} is a folder; give a file name such as {path / 'model.joblib'}.")
+        raise CommandError(f"output {path} is a folder; give a file name such as {path / 'model.skad'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK):
         raise CommandError(f"cannot write to folder {path.parent}.")
 
 
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
 def _save_model(detector, path):
-    # Written next to the target then renamed, so an interrupted save never
-    # leaves a truncated model behind (nor destroys an older one).
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        detector.save(path)  # atomic: an interrupted save leaves an older file intact
+        return
+    # Written next to the target then renamed, as detector.save does.
     partial = path.with_name(path.name + ".partial")
     try:
         joblib.dump(detector, partial)
@@ -644,17 +660,18 @@ def _scoring_set(data, exclude):
     return ScoringSet(paths, data)
 
 
-def _load_model(path):
+def _load_model(path, allow_pickle):
     if not path.is_file():
         raise CommandError(f"model file {path} does not exist." if not path.exists() else f"{path} is not a file.")
+    if not allow_pickle and file_kind(path) == "pickle":
+        raise CommandError(
+            f"{path} is a joblib/pickle file; loading it runs the code it contains. Pass --allow-pickle if it comes "
+            f"from a trusted source, or re-save the model with detector.save(...) (a file that is never unpickled)."
+        )
     try:
-        model = joblib.load(path)
-    except Exception as error:  # unpickling arbitrary bytes can fail in any way
-        raise CommandError(f"cannot load a model from {path}: {_one_line(error)}") from error
-    if not isinstance(model, BaseFlowDetector):
-        raise CommandError(f"{path} holds a {type(model).__name__}, not a skflow_ad detector.")
-    if not hasattr(model, "flow_"):
-        raise CommandError(f"the detector in {path} is not fitted; fit it with '{PROG} fit' first.")
+        model = load_model(path, allow_pickle=allow_pickle)
+    except ModelFileError as error:
+        raise CommandError(_one_line(error)) from error
     if model.input_kind_ != IMAGES:
         raise CommandError(f"the detector in {path} was fitted on feature vectors, not images.")
     return model
@@ -727,7 +744,7 @@ def _evaluate(labels, anomaly_scores, ground_truth, maps):
 
 
 def _run_score(args):
-    model = _load_model(Path(args.model))
+    model = _load_model(Path(args.model), args.allow_pickle)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise CommandError(f"output {output} exists and is not a folder.")

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from sklearn.base import BaseEstimator
 
+import skflow_ad
 from skflow_ad import UFlowDetector, cli
 from skflow_ad.cli import _key_value, build_parser, main
 from skflow_ad.plotting import colorize
@@ -71,14 +72,14 @@ def mvtec_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_path(mvtec_root, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "nested" / "model.joblib"
+    path = tmp_path_factory.mktemp("model") / "nested" / "model.skad"
     assert main(["fit", str(mvtec_root), "-o", str(path), *FAST_OPTIONS]) == 0
     return path
 
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    return joblib.load(model_path)
+    return skflow_ad.load(model_path)
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_fit_plain_folder_recursively_in_color_with_params(tmp_path, capsys):
         _save_png(image, folder / ("sub" if index % 2 else "") / f"{index}.png")
     _save_png(data.X_train[0][:20], folder / ".hidden.png")  # skipped, or the fit would see 9 images
     (folder / "notes.txt").write_text("not an image")
-    path = tmp_path / "color.joblib"
+    path = tmp_path / "color.joblib"  # a pickle suffix: saved with joblib
     status = main(["fit", str(folder), "-o", str(path), *FAST_OPTIONS, "--color",
                    "--param", "flow_steps=2", "--param", "mask_method=threshold",
                    "--param", "contamination=0.1"])
@@ -300,21 +301,70 @@ def _write_unfitted_model(path):
     joblib.dump(UFlowDetector(), path)
 
 
+def _write_truncated_model(path, source):
+    path.write_bytes(source.read_bytes()[:200])
+
+
 @pytest.mark.parametrize(
     "write_model, message",
     [
         (None, "does not exist"),
-        (_write_junk_model, "cannot load a model"),
+        (_write_junk_model, "is neither a model file written by detector.save (a zip archive) nor a joblib pickle"),
         (_write_dict_model, "holds a dict, not a skflow_ad detector"),
-        (_write_unfitted_model, "not fitted"),
+        (_write_unfitted_model, "holds an unfitted UFlowDetector"),
     ],
 )
 def test_score_rejects_bad_model_files(mvtec_root, tmp_path, capsys, write_model, message):
     path = tmp_path / "model.joblib"
     if write_model is not None:
         write_model(path)
-    assert main(["score", str(path), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
+    assert main(["score", str(path), str(mvtec_root), "-o", str(tmp_path / "out"), "--allow-pickle"]) == 1
     assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_score_rejects_a_truncated_model_file(mvtec_root, model_path, tmp_path, capsys):
+    path = tmp_path / "model.skad"
+    _write_truncated_model(path, model_path)
+    assert main(["score", str(path), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
+    assert "truncated or damaged" in _one_error_line(capsys.readouterr().err)
+
+
+class _WritesMarker:
+    """Unpickling this runs ``Path.touch(marker)``: what a crafted model file can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_score_never_unpickles_without_allow_pickle(mvtec_root, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    path = tmp_path / "crafted.joblib"
+    joblib.dump(_WritesMarker(marker), path)
+    assert main(["score", str(path), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
+    error = _one_error_line(capsys.readouterr().err)
+    assert "is a joblib/pickle file" in error and "--allow-pickle" in error and "trusted source" in error
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_score_loads_pickles_with_allow_pickle(mvtec_root, model, tmp_path, capsys):
+    path = tmp_path / "model.joblib"
+    joblib.dump(model, path)
+    out = tmp_path / "out"
+    assert main(["score", str(path), str(mvtec_root), "-o", str(out), "--allow-pickle", "-q"]) == 0
+    rows = _read_csv(out / "scores.csv")
+    files = sorted((mvtec_root / "test").rglob("*.png"))
+    assert len(rows) == len(files)
+    expected = model.score_samples(load_images([Path(row["path"]) for row in rows]))
+    np.testing.assert_allclose([float(row["score"]) for row in rows], expected, rtol=1e-5)
+
+
+def test_fit_writes_a_model_file_unless_the_suffix_says_pickle(model_path):
+    assert skflow_ad.persistence.file_kind(model_path) == "zip"
+    assert not model_path.with_name(model_path.name + ".partial").exists()
 
 
 def test_score_data_errors(model_path, tmp_path, capsys):
