@@ -10,17 +10,33 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .base import BaseFlowDetector
 from .trainer import fused_adam
-from .features import EfficientNetStage, ImagePyramidFeatures, freeze
+from .features import (
+    CSFLOW_ARCHITECTURE,
+    CSFLOW_BACKBONE,
+    CSFLOW_WEIGHTS_TAGS,
+    EfficientNetStage,
+    ImagePyramidFeatures,
+    freeze,
+)
 from .nn.csflow import CrossScaleFlow, csflow_anomaly_map, csflow_anomaly_score, csflow_nll
 
 #: The quarter-size image must cover at least one stride-32 cell of EfficientNet-B5.
 MIN_IMAGE_SIZE = 128
 
+#: ``backbone`` names: the paper's, then timm's ``tf_efficientnet_b5`` with each weight tag.
+BACKBONE_NAMES = ("efficientnet_b5", *(f"{CSFLOW_ARCHITECTURE}.{tag}" for tag in CSFLOW_WEIGHTS_TAGS))
+
+
+def _timm_backbone_name(backbone):
+    """The timm name (architecture and weights tag) of a ``backbone`` string of :class:`CSFlowDetector`."""
+    return CSFLOW_BACKBONE if backbone == "efficientnet_b5" else backbone
+
 
 class CSFlowDetector(BaseFlowDetector):
     """Fully convolutional cross-scale flow on EfficientNet-B5 features.
 
-    The image is seen at full, half and quarter size; a frozen EfficientNet-B5
+    The image is seen at full, half and quarter size (nearest-neighbour
+    resizing, as in the authors' code); a frozen EfficientNet-B5
     (output of stage 6, 304 channels at stride 32) gives one map per size, and
     cross-scale coupling blocks transform the three maps jointly into standard
     normal latents. The image anomaly score is the mean of ``z**2 / 2`` over
@@ -33,14 +49,26 @@ class CSFlowDetector(BaseFlowDetector):
 
     Parameters
     ----------
-    backbone : "efficientnet_b5" or torch.nn.Module, default="efficientnet_b5"
-        The paper's EfficientNet-B5 trunk (timm ``tf_efficientnet_b5``, up to
-        the end of stage 6), or a module mapping images ``(n, 3, H, W)`` to one
-        feature map ``(n, C, h, w)``, applied at the three image sizes and
-        frozen.
+    backbone : str or torch.nn.Module, default="efficientnet_b5"
+        ``"efficientnet_b5"``: the paper's trunk, EfficientNet-B5 up to the end
+        of stage 6, with the weights the authors used: timm
+        ``"tf_efficientnet_b5.aa_in1k"`` (``features.CSFLOW_BACKBONE``), the
+        TensorFlow AutoAugment checkpoint that ``efficientnet_pytorch``'s
+        ``EfficientNet.from_pretrained('efficientnet-b5')`` also holds; timm's
+        default tag for ``tf_efficientnet_b5`` would instead be the Noisy Student
+        weights. ``"tf_efficientnet_b5.<tag>"`` picks another of timm's weight
+        tags, ``<tag>`` one of ``aa_in1k``, ``ns_jft_in1k``, ``ra_in1k``,
+        ``ap_in1k`` and ``in1k`` (``BACKBONE_NAMES``); images are normalised
+        with the tag's mean and std. (timm's ``efficientnet_b5`` is another
+        model and is not accepted.) Or a module mapping images
+        ``(n, 3, H, W)`` to one feature map ``(n, C, h, w)``, applied at the
+        three image sizes and frozen.
     pretrained : bool or path, default=True
-        ImageNet weights of ``tf_efficientnet_b5`` (downloaded by timm), random
-        weights (``False``), or a local state-dict file.
+        Download the weights of the backbone's tag (through timm), keep random
+        weights (``False``), or load a local state-dict file of
+        ``tf_efficientnet_b5`` (a folder is searched for
+        ``tf_efficientnet_b5.<tag>.pth``); the normalisation is the tag's
+        either way.
     image_size : int or (int, int), default=768
         Working resolution (the paper's 768 px); at least 128 with EfficientNet-B5.
     n_coupling_blocks : int, default=4
@@ -54,8 +82,9 @@ class CSFlowDetector(BaseFlowDetector):
         Kernel size per block; None is 3 for every block but the last, 5.
     map_mode : {"all", "max"}, default="all"
         ``anomaly_map``: product over scales of the per-scale mean over
-        channels of ``z**2`` (``"all"``) or the finest scale only (``"max"``).
-        Fixed at fit time, since ``pixel_threshold_`` is learned on these maps.
+        channels of ``z**2`` (``"all"``, as anomalib) or the finest scale only
+        (``"max"``, as the authors' code localises). Fixed at fit time, since
+        ``pixel_threshold_`` is learned on these maps.
     contamination : "auto" or float in (0, 0.5], default="auto"
         As in :class:`UFlowDetector`.
     learning_rate : float, default=2e-4
@@ -89,7 +118,7 @@ class CSFlowDetector(BaseFlowDetector):
 
     _parameter_constraints: dict = {
         **BaseFlowDetector._parameter_constraints,
-        "backbone": [StrOptions({"efficientnet_b5"}), torch.nn.Module],
+        "backbone": [StrOptions(set(BACKBONE_NAMES)), torch.nn.Module],
         "n_coupling_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
         "cross_conv_hidden_channels": [Interval(numbers.Integral, 1, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -161,7 +190,7 @@ class CSFlowDetector(BaseFlowDetector):
         if isinstance(backbone, torch.nn.Module):
             trunk = freeze(copy.deepcopy(backbone))
         else:
-            trunk = EfficientNetStage(pretrained)
+            trunk = EfficientNetStage(pretrained, _timm_backbone_name(backbone))
         return ImagePyramidFeatures(trunk, n_scales=3)
 
     def _calibrate(self, extractor, features):
