@@ -50,19 +50,20 @@ class CSFlowDetector(BaseFlowDetector):
     Parameters
     ----------
     backbone : str or torch.nn.Module, default="efficientnet_b5"
-        ``"efficientnet_b5"``: the paper's trunk, EfficientNet-B5 up to the end
-        of stage 6, with the weights the authors used: timm
-        ``"tf_efficientnet_b5.aa_in1k"`` (``features.CSFLOW_BACKBONE``), the
-        TensorFlow AutoAugment checkpoint that ``efficientnet_pytorch``'s
-        ``EfficientNet.from_pretrained('efficientnet-b5')`` also holds; timm's
-        default tag for ``tf_efficientnet_b5`` would instead be the Noisy Student
-        weights. ``"tf_efficientnet_b5.<tag>"`` picks another of timm's weight
-        tags, ``<tag>`` one of ``aa_in1k``, ``ns_jft_in1k``, ``ra_in1k``,
-        ``ap_in1k`` and ``in1k`` (``BACKBONE_NAMES``); images are normalised
-        with the tag's mean and std. (timm's ``efficientnet_b5`` is another
-        model and is not accepted.) Or a module mapping images
-        ``(n, 3, H, W)`` to one feature map ``(n, C, h, w)``, applied at the
-        three image sizes and frozen.
+        ``"efficientnet_b5"``: the paper's trunk (EfficientNet-B5 up to the end
+        of stage 6) with the weights the authors used, timm
+        ``"tf_efficientnet_b5.aa_in1k"`` (``skflow_ad.features.CSFLOW_BACKBONE``):
+        the TensorFlow checkpoint trained on ImageNet with AutoAugment, which
+        ``efficientnet_pytorch``'s ``EfficientNet.from_pretrained('efficientnet-b5')``
+        (the authors' call) also holds. timm's default tag for
+        ``tf_efficientnet_b5`` is a different checkpoint (Noisy Student).
+        ``"tf_efficientnet_b5.<tag>"`` picks one of timm's weight tags
+        ``aa_in1k``, ``ns_jft_in1k``, ``ra_in1k``, ``ap_in1k``, ``in1k``
+        (``skflow_ad.csflow.BACKBONE_NAMES``); images are then normalised with
+        that tag's mean and std. (timm's ``efficientnet_b5``, without ``tf_``,
+        is another model.) Or a module mapping images ``(n, 3, H, W)`` to one
+        feature map ``(n, C, h, w)``, applied at the three image sizes and
+        frozen.
     pretrained : bool or path, default=True
         Download the weights of the backbone's tag (through timm), keep random
         weights (``False``), or load a local state-dict file of
