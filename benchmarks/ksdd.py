@@ -11,7 +11,10 @@ network; ``yes`` lets timm download ImageNet weights (a failure is reported
 and the detector skipped); a file path loads a state dict (for both detectors
 only if it fits both backbones) and a folder path loads ``<backbone>.pth`` (or
 ``.safetensors``) from it for each detector (``resnet18.pth``,
-``tf_efficientnet_b5.pth``).
+``tf_efficientnet_b5.aa_in1k.pth``, the timm name with its weights tag).
+
+``--csflow-map-modes all max`` fits CS-Flow once per anomaly-map mode (the mode
+is fixed at fit time because the pixel threshold is learned on its maps).
 
 Pixel metrics are computed at the working resolution ``--image-size`` (the
 masks are resized with nearest-neighbour interpolation).
@@ -29,7 +32,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ksdd"
-BACKBONES = {"uflow": "resnet18", "csflow": "tf_efficientnet_b5"}
+BACKBONES = {"uflow": "resnet18", "csflow": "tf_efficientnet_b5.aa_in1k"}  # = features.CSFLOW_BACKBONE
 
 
 def parse_args(argv=None):
@@ -48,7 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--csflow-lr", type=float, default=2e-4,
                    help="CS-Flow learning rate (paper/detector default 2e-4)")
     p.add_argument("--csflow-hidden", type=int, default=128,
-                   help="CS-Flow cross-convolution hidden channels (paper: 1024, ~340M parameters)")
+                   help="CS-Flow cross-convolution hidden channels (paper: 1024, 275M flow parameters)")
+    p.add_argument("--csflow-map-modes", nargs="+", choices=["all", "max"], default=["all"],
+                   help="CS-Flow map_mode(s), one fit each: all (product over scales, the default) "
+                        "or max (finest scale only, as the authors localise)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-iter-no-change", type=int, default=10, help="early-stopping patience (epochs)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -76,7 +82,7 @@ def resolve_pretrained(option, detector):
     raise FileNotFoundError(f"--pretrained {option!r}: not 'no', 'yes', a file or a folder")
 
 
-def make_detector(name, args, pretrained):
+def make_detector(name, args, pretrained, map_mode="all"):
     from skflow_ad import CSFlowDetector, UFlowDetector
 
     common = dict(pretrained=pretrained, batch_size=args.batch_size, n_iter_no_change=args.n_iter_no_change,
@@ -90,13 +96,13 @@ def make_detector(name, args, pretrained):
         epochs = args.csflow_epochs or args.epochs
         size = tuple(args.csflow_image_size or args.image_size)
         det = CSFlowDetector(image_size=size, max_epochs=epochs, learning_rate=args.csflow_lr,
-                             cross_conv_hidden_channels=args.csflow_hidden, **common)
+                             cross_conv_hidden_channels=args.csflow_hidden, map_mode=map_mode, **common)
         settings = (f"effnet-b5 {size[0]}x{size[1]} ep<={epochs} lr={args.csflow_lr:g} "
-                    f"hidden={args.csflow_hidden} blocks=4")
+                    f"hidden={args.csflow_hidden} blocks=4 map={map_mode}")
     return det, size, settings
 
 
-def run_one(name, args, data_cache):
+def run_one(name, args, data_cache, map_mode="all"):
     import numpy as np
 
     from skflow_ad.datasets import load_mvtec_folder
@@ -108,7 +114,7 @@ def run_one(name, args, data_cache):
     except FileNotFoundError as exc:
         print(f"[{name}] skipped: {exc}", flush=True)
         return None
-    det, size, settings = make_detector(name, args, pretrained)
+    det, size, settings = make_detector(name, args, pretrained, map_mode)
     if size not in data_cache:
         t = time.perf_counter()
         data_cache[size] = load_mvtec_folder(args.data, image_size=size, color=False)
@@ -169,6 +175,8 @@ def main(argv=None):
 
     import torch
 
+    import skflow_ad
+
     if args.threads:
         torch.set_num_threads(args.threads)
     from skflow_ad.trainer import resolve_device
@@ -177,13 +185,15 @@ def main(argv=None):
     print(f"command: python {' '.join(shlex.quote(a) for a in ([sys.argv[0]] + (argv or sys.argv[1:])))}")
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"CPU cores {os.cpu_count()}, python {platform.python_version()}, {platform.machine()}")
+    print(f"skflow_ad from {Path(skflow_ad.__file__).parent}")
     print(f"settings: {vars(args)}", flush=True)
 
     rows, cache = [], {}
     for name in args.detectors:
-        result = run_one(name, args, cache)
-        if result is not None:
-            rows.append(result)
+        for map_mode in (args.csflow_map_modes if name == "csflow" else ["all"]):
+            result = run_one(name, args, cache, map_mode)
+            if result is not None:
+                rows.append(result)
     print()
     print(f"KolektorSDD ({data_root}), pretrained={args.pretrained}, seed={args.seed}, "
           f"predict = score_samples_and_anomaly_map (one pass) on {rows[0]['n_test'] if rows else '?'} test images")

@@ -265,8 +265,9 @@ def _add_fit_parser(commands):
     fit.add_argument("--detector", choices=tuple(DETECTORS), default="uflow",
                      help="the method: U-Flow or CS-Flow (default: uflow)")
     fit.add_argument("--backbone", metavar="NAME",
-                     help="feature extractor, for detectors that take one (uflow; csflow has a fixed EfficientNet-B5): "
-                     f"mcait, resnet18, wide_resnet50_2 or a timm model name (default: {defaults['backbone']})")
+                     help="feature extractor: for uflow mcait, resnet18, wide_resnet50_2 or a timm model name "
+                     f"(default: {defaults['backbone']}); for csflow efficientnet_b5 (the authors' weights, "
+                     "the default) or tf_efficientnet_b5.TAG for another timm weights tag")
     fit.add_argument("--image-size", type=_image_size, metavar="N|HxW",
                      help="working resolution images are resized to, N for squares or HEIGHTxWIDTH "
                      "(default: the detector's: for uflow 448 with mcait, 256 with other backbones; 768 for csflow)")

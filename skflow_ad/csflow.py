@@ -10,7 +10,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._validation import check_image_size
 from .base import BaseFlowDetector
-from .features import EfficientNetStage, ImagePyramidFeatures, freeze
+from .features import (
+    CSFLOW_ARCHITECTURE,
+    CSFLOW_BACKBONE,
+    CSFLOW_WEIGHTS_TAGS,
+    EfficientNetStage,
+    ImagePyramidFeatures,
+    freeze,
+)
 from .nn.csflow import CrossScaleFlow, CSFlowHead, csflow_anomaly_score, csflow_nll
 from .trainer import TrainingRecipe, fused_adam
 
@@ -20,11 +27,20 @@ MIN_IMAGE_SIZE = 128
 #: The paper's working resolution, what ``image_size=None`` means.
 PAPER_IMAGE_SIZE = 768
 
+#: ``backbone`` names: the paper's, then timm's ``tf_efficientnet_b5`` with each weight tag.
+BACKBONE_NAMES = ("efficientnet_b5", *(f"{CSFLOW_ARCHITECTURE}.{tag}" for tag in CSFLOW_WEIGHTS_TAGS))
+
+
+def _timm_backbone_name(backbone):
+    """The timm name (architecture and weights tag) of a ``backbone`` string of :class:`CSFlowDetector`."""
+    return CSFLOW_BACKBONE if backbone == "efficientnet_b5" else backbone
+
 
 class CSFlowDetector(BaseFlowDetector):
     """Fully convolutional cross-scale flow on EfficientNet-B5 features.
 
-    The image is seen at full, half and quarter size; a frozen EfficientNet-B5
+    The image is seen at full, half and quarter size (nearest-neighbour
+    resizing, as in the authors' code); a frozen EfficientNet-B5
     (output of stage 6, 304 channels at stride 32) gives one map per size, and
     cross-scale coupling blocks transform the three maps jointly into standard
     normal latents. The image anomaly score is the mean of ``z**2 / 2`` over
@@ -37,14 +53,27 @@ class CSFlowDetector(BaseFlowDetector):
 
     Parameters
     ----------
-    backbone : "efficientnet_b5" or torch.nn.Module, default="efficientnet_b5"
-        The paper's EfficientNet-B5 trunk (timm ``tf_efficientnet_b5``, up to
-        the end of stage 6), or a module mapping images ``(n, 3, H, W)`` to one
+    backbone : str or torch.nn.Module, default="efficientnet_b5"
+        ``"efficientnet_b5"``: the paper's trunk (EfficientNet-B5 up to the end
+        of stage 6) with the weights the authors used, timm
+        ``"tf_efficientnet_b5.aa_in1k"`` (``skflow_ad.features.CSFLOW_BACKBONE``):
+        the TensorFlow checkpoint trained on ImageNet with AutoAugment, which
+        ``efficientnet_pytorch``'s ``EfficientNet.from_pretrained('efficientnet-b5')``
+        (the authors' call) also holds. timm's default tag for
+        ``tf_efficientnet_b5`` is a different checkpoint (Noisy Student).
+        ``"tf_efficientnet_b5.<tag>"`` picks one of timm's weight tags
+        ``aa_in1k``, ``ns_jft_in1k``, ``ra_in1k``, ``ap_in1k``, ``in1k``
+        (``skflow_ad.csflow.BACKBONE_NAMES``); images are then normalised with
+        that tag's mean and std. (timm's ``efficientnet_b5``, without ``tf_``,
+        is another model.) Or a module mapping images ``(n, 3, H, W)`` to one
         feature map ``(n, C, h, w)``, applied at the three image sizes and
         frozen.
     pretrained : bool or path, default=True
-        ImageNet weights of ``tf_efficientnet_b5`` (downloaded by timm), random
-        weights (``False``), or a local state-dict file.
+        Download the weights of the backbone's tag (through timm), keep random
+        weights (``False``), or load a local state-dict file of
+        ``tf_efficientnet_b5`` (a folder is searched for
+        ``tf_efficientnet_b5.<tag>.pth``); the normalisation is the tag's
+        either way.
     image_size : int, (int, int) or None, default=768
         Working resolution (the paper's 768 px; None means 768); at least 128
         with EfficientNet-B5.
@@ -59,8 +88,9 @@ class CSFlowDetector(BaseFlowDetector):
         Kernel size per block; None is 3 for every block but the last, 5.
     map_mode : {"all", "max"}, default="all"
         ``anomaly_map``: product over scales of the per-scale mean over
-        channels of ``z**2`` (``"all"``) or the finest scale only (``"max"``).
-        Fixed at fit time, since ``pixel_threshold_`` is learned on these maps.
+        channels of ``z**2`` (``"all"``, as anomalib) or the finest scale only
+        (``"max"``, as the authors' code localises). Fixed at fit time, since
+        ``pixel_threshold_`` is learned on these maps.
     contamination : "auto" or float in (0, 0.5], default="auto"
         As in :class:`UFlowDetector`.
     learning_rate : float, default=2e-4
@@ -96,7 +126,7 @@ class CSFlowDetector(BaseFlowDetector):
 
     _parameter_constraints: dict = {
         **BaseFlowDetector._parameter_constraints,
-        "backbone": [StrOptions({"efficientnet_b5"}), torch.nn.Module],
+        "backbone": [StrOptions(set(BACKBONE_NAMES)), torch.nn.Module],
         "n_coupling_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
         "cross_conv_hidden_channels": [Interval(numbers.Integral, 1, None, closed="left")],
         "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -172,7 +202,7 @@ class CSFlowDetector(BaseFlowDetector):
         if isinstance(backbone, torch.nn.Module):
             trunk = freeze(copy.deepcopy(backbone))
         else:
-            trunk = EfficientNetStage(pretrained)
+            trunk = EfficientNetStage(pretrained, _timm_backbone_name(backbone))
         return ImagePyramidFeatures(trunk, n_scales=3)
 
     def _working_size(self, params):

@@ -34,8 +34,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The U-Flow paper's multi-scale CaiT: (timm name, input size, last block index).
 MCAIT_MODELS = (("cait_m48_448", 448, 40), ("cait_s24_224", 224, 20))
 
+#: CS-Flow's backbone architecture in timm: EfficientNet-B5 with TensorFlow "same" padding.
+CSFLOW_ARCHITECTURE = "tf_efficientnet_b5"
+#: The timm pretrained tag of the weights the CS-Flow authors used. Their code loads
+#: ``efficientnet_pytorch``'s ``EfficientNet.from_pretrained('efficientnet-b5')``, whose
+#: file (``efficientnet-b5-b6417697.pth``, since August 2019) was converted from the
+#: TensorFlow checkpoints trained on ImageNet-1k with AutoAugment (its README: "all
+#: pretrained models have been updated to use AutoAugment preprocessing"; its conversion
+#: script downloads tensorflow/tpu's ``ckptsaug`` release). timm ports the same
+#: checkpoints as ``aa_in1k`` ("trained on ImageNet-1k with auto-augment in Tensorflow by
+#: paper authors"), normalised with the ImageNet mean and std as in the authors' code.
+#: timm's default tag for ``tf_efficientnet_b5`` holds other weights: Noisy Student
+#: (``ns_jft_in1k``, trained with JFT-300M pseudo-labels).
+CSFLOW_WEIGHTS_TAG = "aa_in1k"
+#: The timm name CS-Flow requests: architecture and weights tag.
+CSFLOW_BACKBONE = f"{CSFLOW_ARCHITECTURE}.{CSFLOW_WEIGHTS_TAG}"
+#: The ``tf_efficientnet_b5`` weight tags of timm 1.0 that ``CSFlowDetector`` accepts:
+#: AutoAugment (the authors'), Noisy Student, RandAugment, AdvProp (inputs normalised to
+#: [-1, 1]) and the first, baseline-preprocessing TensorFlow release.
+CSFLOW_WEIGHTS_TAGS = ("aa_in1k", "ns_jft_in1k", "ra_in1k", "ap_in1k", "in1k")
 #: CS-Flow: EfficientNet-B5 output of stage 6 (its last block, index 8), stride 32.
-CSFLOW_BACKBONE = "tf_efficientnet_b5"
 CSFLOW_STAGE = 5
 
 
@@ -309,14 +327,39 @@ class EfficientNetStage(nn.Module):
     """EfficientNet trunk up to the end of one stage (CS-Flow: B5 stage 6, 304 ch, stride 32).
 
     ``forward`` takes one image batch and returns its single map ``(n, C, H/32, W/32)``.
+
+    Parameters
+    ----------
+    pretrained : bool or path-like
+        See :func:`create_timm_model`; with ``True`` timm downloads the weights of
+        ``model_name``'s tag.
+    model_name : str, default=CSFLOW_BACKBONE
+        A timm name with its pretrained tag, ``"architecture.tag"``: the tag selects
+        the weights and the input normalisation (``mean``, ``std`` of its
+        ``pretrained_cfg``), also when the weights come from a local file.
+    stage : int, default=CSFLOW_STAGE
+        Index of the last stage kept.
+
+    Attributes
+    ----------
+    model_name : str
+        The timm name requested.
+    pretrained_tag : str or None
+        The tag of the ``pretrained_cfg`` timm resolved for ``model_name``.
+    mean, std : tuple of float
+        Input normalisation of that tag.
+    output_channels, output_stride : int
+        Channels of the output map and its downsampling (ceil division).
     """
 
     def __init__(self, pretrained, model_name=CSFLOW_BACKBONE, stage=CSFLOW_STAGE):
         super().__init__()
         model = create_timm_model(model_name, pretrained)
-        self.stem = nn.Sequential(model.conv_stem, model.bn1)
+        self.model_name = model_name
+        self.stem = nn.Sequential(model.conv_stem, model.bn1)  # timm's bn1 applies the SiLU too
         self.blocks = model.blocks[: stage + 1]
         cfg = model.pretrained_cfg or {}
+        self.pretrained_tag = cfg.get("tag")
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
         #: Declared shape of the output: channels, and the downsampling ("same" padding: ceil).
@@ -335,6 +378,10 @@ class ImagePyramidFeatures(FeatureExtractor):
 
     Returns ``n_scales`` maps, finest (full image) first, each standardised
     per channel with statistics set by :meth:`calibrate` (identity until then).
+    The image of scale ``s`` is the ``(H // 2**s, W // 2**s)`` nearest-neighbour
+    resize of the full image, ``F.interpolate(images, size)`` with its default
+    mode, as in the authors' code and anomalib (for sizes divisible by ``2**s``:
+    every ``2**s``-th pixel of the full image, no smoothing).
     """
 
     def __init__(self, trunk, n_scales=3):
@@ -391,7 +438,7 @@ class ImagePyramidFeatures(FeatureExtractor):
     def forward(self, images):
         maps = []
         for scale, size in enumerate(self.pyramid_sizes(images.shape[-2:])):
-            images_s = F.interpolate(images, size=size, mode="bilinear", align_corners=False) if scale else images
+            images_s = F.interpolate(images, size=size, mode="nearest") if scale else images
             maps.append(self._standardise(self.trunk(images_s), scale))
         return maps
 

@@ -6,9 +6,18 @@ import joblib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skflow_ad import CSFlowDetector
+from skflow_ad.csflow import BACKBONE_NAMES
+from skflow_ad.features import (
+    CSFLOW_BACKBONE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetStage,
+    ImagePyramidFeatures,
+)
 from skflow_ad.nn.csflow import csflow_anomaly_map, csflow_anomaly_score
 
 #: Cheap settings: the smallest image size CS-Flow supports, a narrow flow, random weights.
@@ -43,6 +52,98 @@ def test_three_scales_of_efficientnet_b5_stage_6(fitted):
     assert fitted.feature_shapes_ == [(304, 4, 4), (304, 2, 2), (304, 1, 1)]
     assert fitted.flow_.kernel_sizes == (3, 3, 3, 5)
     assert fitted.flow_.n_coupling_blocks == 4
+
+
+def test_paper_backbone_is_the_authors_weights_tag(fitted):
+    # efficientnet_pytorch's EfficientNet-B5 (the authors') is TensorFlow's AutoAugment checkpoint,
+    # timm tag aa_in1k; timm's default tag for tf_efficientnet_b5 is Noisy Student (ns_jft_in1k).
+    assert CSFLOW_BACKBONE == "tf_efficientnet_b5.aa_in1k"
+    trunk = fitted.extractor_.trunk
+    assert trunk.model_name == "tf_efficientnet_b5.aa_in1k" and trunk.pretrained_tag == "aa_in1k"
+    assert fitted.extractor_.mean == IMAGENET_MEAN and fitted.extractor_.std == IMAGENET_STD
+
+
+def test_pretrained_true_requests_the_tag_explicitly(monkeypatch):
+    import timm
+
+    requested = []
+    create_model = timm.create_model
+
+    def offline_create_model(name, pretrained=False, **kwargs):
+        requested.append((name, pretrained))
+        return create_model(name, pretrained=False, **kwargs)  # no download in tests
+
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
+    EfficientNetStage(True)
+    other = EfficientNetStage(True, "tf_efficientnet_b5.ap_in1k")
+    assert requested == [("tf_efficientnet_b5.aa_in1k", True), ("tf_efficientnet_b5.ap_in1k", True)]
+    # AdvProp weights expect inputs in [-1, 1]: the normalisation follows the tag
+    assert other.pretrained_tag == "ap_in1k" and other.mean == (0.5, 0.5, 0.5) and other.std == (0.5, 0.5, 0.5)
+
+
+def test_backbone_names_are_timm_weight_tags(images):
+    import timm
+
+    assert BACKBONE_NAMES[0] == "efficientnet_b5"
+    assert set(BACKBONE_NAMES[1:]) <= set(timm.list_pretrained("tf_efficientnet_b5.*"))
+    for name in ("tf_efficientnet_b5.no_such_tag", "efficientnet_b5.sw_in12k_ft_in1k", "tf_efficientnet_b5"):
+        with pytest.raises(ValueError, match="'backbone' parameter of CSFlowDetector must be a str among.*aa_in1k"):
+            CSFlowDetector(name, **FAST_CSFLOW).fit(images)
+
+
+def test_local_weights_file_with_a_tag_loads_without_download(tmp_path, monkeypatch):
+    import timm
+
+    source = timm.create_model(CSFLOW_BACKBONE, pretrained=False)
+    with torch.no_grad():
+        source.conv_stem.weight.fill_(0.25)
+    path = tmp_path / "b5.pth"
+    torch.save(source.state_dict(), path)
+    create_model = timm.create_model
+
+    def no_download(name, pretrained=False, **kwargs):
+        assert pretrained is False, "a local weights file must not trigger a download"
+        return create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    stage = EfficientNetStage(str(path), "tf_efficientnet_b5.ns_jft_in1k")
+    assert torch.equal(stage.stem[0].weight, torch.full_like(stage.stem[0].weight, 0.25))
+    assert torch.equal(stage.blocks[0][0].conv_dw.weight, source.blocks[0][0].conv_dw.weight)
+    assert stage.pretrained_tag == "ns_jft_in1k" and stage.mean == IMAGENET_MEAN
+
+
+class RecordingTrunk(torch.nn.Module):
+    """A trunk that keeps the images it is given and returns a 2-channel stride-4 map."""
+
+    output_channels = 2  # declared, so the pyramid need not probe the trunk
+    output_stride = 4
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, images):
+        self.inputs.append(images.clone())
+        return images[:, :2, ::4, ::4]
+
+
+@pytest.mark.parametrize("size", [(64, 48), (66, 50)])
+def test_image_pyramid_is_nearest_resizing(size):
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    trunk = RecordingTrunk()
+    ImagePyramidFeatures(trunk, n_scales=3)(images)
+    full, half, quarter = trunk.inputs
+    height, width = size
+    assert torch.equal(full, images)
+    assert half.shape[-2:] == (height // 2, width // 2) and quarter.shape[-2:] == (height // 4, width // 4)
+    for scaled in (half, quarter):
+        torch.testing.assert_close(scaled, F.interpolate(images, size=scaled.shape[-2:], mode="nearest"),
+                                   rtol=0, atol=0)
+        bilinear = F.interpolate(images, size=scaled.shape[-2:], mode="bilinear", align_corners=False)
+        assert not torch.allclose(scaled, bilinear)
+    if height % 4 == 0 and width % 4 == 0:
+        # pixels are picked, not averaged: every second / fourth pixel of the full image
+        assert torch.equal(half, images[..., ::2, ::2]) and torch.equal(quarter, images[..., ::4, ::4])
 
 
 def test_features_are_standardised_on_the_training_set(fitted, images):

@@ -4,8 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from skflow_ad.nn.csflow import (
+    CrossConvolution,
+    CrossConvolutionSubnet,
     CrossScaleCoupling,
     CrossScaleFlow,
     csflow_anomaly_map,
@@ -71,13 +74,117 @@ def test_default_configuration_matches_paper():
     assert flow.n_coupling_blocks == 4
     assert flow.kernel_sizes == (3, 3, 3, 5)
     assert flow.clamp == 3.0
-    last = flow.coupling_blocks[-1].second_half_subnet.hidden_layer.same_scale_convs[0]
+    last = flow.coupling_blocks[-1].second_half_subnet.input_convs[0]
     assert last.kernel_size == (5, 5) and last.padding == (2, 2)
     first = flow.coupling_blocks[0].first_half_subnet.output_layer.down_convs[0]
     assert first.kernel_size == (3, 3) and first.stride == (2, 2)
     assert CrossScaleFlow(4, n_coupling_blocks=2, hidden_channels=8).kernel_sizes == (3, 5)
     custom = CrossScaleFlow(4, n_coupling_blocks=2, hidden_channels=8, kernel_sizes=[5, 1])
     assert custom.kernel_sizes == (5, 1)
+
+
+def original_parameter_count(n_channels, hidden, kernel_sizes, n_scales=3):
+    """Parameters of the authors' CS-Flow (marco-rudolph/cs-flow, ``CrossConvolutions``), by hand.
+
+    Each block has two subnets, each mapping ``c`` = ``n_channels // 2`` input
+    channels per scale to ``2 c`` outputs (even ``n_channels``):
+
+    - first layer, per scale only: ``n_scales`` convolutions ``c -> hidden``, with bias;
+    - second layer: ``n_scales`` same-scale, ``n_scales - 1`` upsample-then-convolve
+      and ``n_scales - 1`` stride-2 convolutions ``hidden -> 2c``, all with bias;
+    - one output gain per scale.
+    """
+    c = n_channels // 2
+    total = 0
+    for k in kernel_sizes:
+        first_layer = n_scales * (c * hidden * k * k + hidden)
+        second_layer = (3 * n_scales - 2) * (hidden * 2 * c * k * k + 2 * c)
+        total += 2 * (first_layer + second_layer + n_scales)
+    return total
+
+
+def test_parameter_count_at_paper_settings_is_the_original():
+    # 304 channels (EfficientNet-B5 stage 6), 3 scales, 4 blocks, hidden 1024, kernels 3, 3, 3, 5;
+    # built on the meta device, so no weights are allocated or drawn.
+    with torch.device("meta"):
+        flow = CrossScaleFlow(304, n_scales=3, n_coupling_blocks=4, hidden_channels=1024)
+    n_parameters = sum(p.numel() for p in flow.parameters())
+    assert flow.kernel_sizes == (3, 3, 3, 5)
+    assert n_parameters == original_parameter_count(304, 1024, (3, 3, 3, 5)) == 275_227_288
+    # the layout this replaced (cross-scale mixing in both layers) had 339,967,128
+    small = CrossScaleFlow(6, hidden_channels=8, kernel_sizes=(3, 1, 3, 5))
+    assert sum(p.numel() for p in small.parameters()) == original_parameter_count(6, 8, (3, 1, 3, 5))
+
+
+def reference_subnet(subnet, maps):
+    """The authors' subnet written out with ``F.conv2d`` on ``subnet``'s weights.
+
+    Per scale ``h_i = leaky_relu(conv_i(x_i), 0.1)``; then
+    ``out_i = gain_i * (same_i(h_i) + up_i(upsample(h_{i+1})) + resize(down_{i-1}(h_{i-1})))``.
+    """
+    def conv(module, x):
+        return F.conv2d(x, module.weight, module.bias, stride=module.stride, padding=module.padding)
+
+    hidden = [F.leaky_relu(conv(c, x), negative_slope=0.1) for c, x in zip(subnet.input_convs, maps)]
+    layer = subnet.output_layer
+    outputs = []
+    for i, h in enumerate(hidden):
+        out = conv(layer.same_scale_convs[i], h)
+        if i + 1 < len(hidden):
+            upsampled = F.interpolate(hidden[i + 1], size=h.shape[-2:], mode="bilinear", align_corners=False)
+            out = out + conv(layer.up_convs[i], upsampled)
+        if i > 0:
+            down = conv(layer.down_convs[i - 1], hidden[i - 1])
+            out = out + F.interpolate(down, size=h.shape[-2:], mode="bilinear", align_corners=False)
+        outputs.append(subnet.output_gains[i] * out)
+    return outputs
+
+
+@pytest.mark.parametrize("sizes", [(8, 4, 2), (7, 4, 2), ((8, 6), (4, 3), (2, 2))])
+def test_subnet_is_the_authors_layout(sizes):
+    subnet = CrossConvolutionSubnet([3, 3, 3], [4, 4, 4], hidden_channels=6, kernel_size=3).double()
+    with torch.no_grad():
+        subnet.output_gains.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    maps = make_features(3, sizes, dtype=torch.float64)
+    for out, expected in zip(subnet(maps), reference_subnet(subnet, maps)):
+        torch.testing.assert_close(out, expected)
+    # every convolution has a bias, as in the original
+    convs = [m for m in subnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 + 7 and all(c.bias is not None for c in convs)
+
+
+def test_coarse_to_fine_path_upsamples_then_convolves():
+    # With exact doubles the path is the original's conv(Upsample(scale_factor=2, bilinear)).
+    layer = CrossConvolution([2, 2], [3, 3], kernel_size=3).double()
+    fine, coarse = make_features(2, (8, 4), dtype=torch.float64)
+    with torch.no_grad():
+        layer.same_scale_convs[0].weight.zero_()
+        layer.same_scale_convs[0].bias.zero_()
+    up = layer.up_convs[0]
+    upsampled = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+    expected = F.conv2d(upsampled, up.weight, up.bias, padding=1)
+    torch.testing.assert_close(layer([fine, coarse])[0], expected)
+    # convolution-then-upsample, the layout this replaced, gives something else
+    convolved_first = F.interpolate(F.conv2d(coarse, up.weight, up.bias, padding=1), scale_factor=2,
+                                    mode="bilinear", align_corners=False)
+    assert not torch.allclose(expected, convolved_first)
+    # fine to coarse: a stride-2 convolution
+    assert layer.down_convs[0].stride == (2, 2) and layer.down_convs[0].padding == (1, 1)
+
+
+def test_first_layer_does_not_mix_scales():
+    # Scale 0's output sees scales 0 and 1 only; in the replaced layout it also saw scale 2.
+    subnet = CrossConvolutionSubnet([3, 3, 3], [4, 4, 4], hidden_channels=6, kernel_size=3).double()
+    with torch.no_grad():
+        subnet.output_gains.fill_(1.0)
+    maps = make_features(3, (8, 4, 2), dtype=torch.float64)
+    base = subnet(maps)
+    changed_coarsest = subnet([maps[0], maps[1], maps[2] + 1.0])
+    changed_middle = subnet([maps[0], maps[1] + 1.0, maps[2]])
+    assert torch.equal(changed_coarsest[0], base[0])
+    assert not torch.allclose(changed_coarsest[1], base[1])
+    assert not torch.allclose(changed_middle[0], base[0])
+    assert all(conv.in_channels == 3 and conv.out_channels == 6 for conv in subnet.input_convs)
 
 
 def test_fresh_flow_is_a_channel_permutation_with_zero_log_det():

@@ -3,9 +3,11 @@
 CS-Flow transforms feature maps of the same image at several scales jointly.
 Scale 0 is the finest map (features of the full-size image), each following
 scale is about half the size of the previous one. Every coupling block sees
-all scales at once: its subnets are *cross convolutions*, which mix each
-scale with its finer and coarser neighbour, so the density of a location is
-estimated with both local and global context.
+all scales at once: its subnets, laid out as in the authors' code
+(marco-rudolph/cs-flow), convolve each scale on its own, then end with a
+*cross convolution* that mixes each scale with its finer and coarser
+neighbour, so the density of a location is estimated with both local and
+global context.
 
 The flow is a FrEIA ``GraphINN`` of, per block, one fixed random channel
 permutation per scale followed by a :class:`CrossScaleCoupling`. All
@@ -74,30 +76,49 @@ def _reset_conv_(conv: nn.Conv2d, generator: torch.Generator | None) -> None:
 
     The default ``Conv2d`` initialisation (Kaiming-uniform with ``a = sqrt(5)``
     for the weight) draws weight and bias from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    Parameters on the ``meta`` device hold no values and are left alone, so a
+    flow can be built there to count its parameters without allocating them.
     """
     bound = 1.0 / math.sqrt(conv.weight[0].numel())
     with torch.no_grad():
         for param in (conv.weight, conv.bias):
-            if param is not None:
+            if param is not None and not param.is_meta:
                 # drawn on the CPU, where the generator lives, whatever device param is on
                 values = torch.empty(param.shape, dtype=param.dtype, device="cpu")
                 param.copy_(values.uniform_(-bound, bound, generator=generator))
 
 
+def _padded_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """A biased convolution with padding ``kernel_size // 2`` (output ``ceil(h / stride)``)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def _check_layer_arguments(in_channels: Sequence[int], out_channels: Sequence[int], kernel_size: int) -> None:
+    if len(in_channels) != len(out_channels):
+        raise ValueError(
+            f"in_channels and out_channels must have one entry per scale, "
+            f"got {len(in_channels)} and {len(out_channels)}."
+        )
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
+
+
 class CrossConvolution(nn.Module):
-    """One cross-convolution layer over a pyramid of feature maps.
+    """The cross-scale layer of CS-Flow: each scale receives its own map and its neighbours'.
 
     The output at scale ``i`` is the sum of
 
-    - a convolution of scale ``i`` (kernel ``k``, padding ``k // 2``),
-    - a convolution of the next coarser scale ``i + 1``, bilinearly upsampled
-      to the size of scale ``i``,
+    - a convolution of scale ``i``,
+    - a convolution of the next coarser scale ``i + 1`` *after* upsampling it
+      bilinearly to the size of scale ``i`` (for sizes that are exact doubles,
+      ``scale_factor=2``),
     - a stride-2 convolution of the next finer scale ``i - 1``, resized
       bilinearly to the size of scale ``i`` when the strided output
       (``ceil(h / 2)``) differs from it.
 
-    Only the same-scale convolution has a bias: the three are summed, so more
-    biases would add parameters but no expressiveness.
+    Every convolution has kernel ``k``, padding ``k // 2`` and a bias, as in
+    the authors' code: the biases of the summed terms are redundant, but they
+    keep the architecture, and its parameter count, the original's.
 
     Parameters
     ----------
@@ -119,28 +140,17 @@ class CrossConvolution(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if len(in_channels) != len(out_channels):
-            raise ValueError(
-                f"in_channels and out_channels must have one entry per scale, "
-                f"got {len(in_channels)} and {len(out_channels)}."
-            )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
+        _check_layer_arguments(in_channels, out_channels, kernel_size)
         n_scales = len(in_channels)
-        padding = kernel_size // 2
         self.same_scale_convs = nn.ModuleList(
-            nn.Conv2d(in_channels[i], out_channels[i], kernel_size, padding=padding)
-            for i in range(n_scales)
+            _padded_conv(in_channels[i], out_channels[i], kernel_size) for i in range(n_scales)
         )
-        # up_convs[i] carries scale i + 1 up to scale i; down_convs[i] carries scale i down to i + 1.
+        # up_convs[i] carries scale i + 1 (upsampled) to scale i; down_convs[i] carries scale i down to i + 1.
         self.up_convs = nn.ModuleList(
-            nn.Conv2d(in_channels[i + 1], out_channels[i], kernel_size, padding=padding, bias=False)
-            for i in range(n_scales - 1)
+            _padded_conv(in_channels[i + 1], out_channels[i], kernel_size) for i in range(n_scales - 1)
         )
         self.down_convs = nn.ModuleList(
-            nn.Conv2d(
-                in_channels[i], out_channels[i + 1], kernel_size, stride=2, padding=padding, bias=False
-            )
+            _padded_conv(in_channels[i], out_channels[i + 1], kernel_size, stride=2)
             for i in range(n_scales - 1)
         )
         for conv in [*self.same_scale_convs, *self.up_convs, *self.down_convs]:
@@ -165,7 +175,7 @@ class CrossConvolution(nn.Module):
             size = scale_map.shape[-2:]
             out = self.same_scale_convs[i](scale_map)
             if i + 1 < n_scales:
-                out = out + _resize(self.up_convs[i](maps[i + 1]), size)
+                out = out + self.up_convs[i](_resize(maps[i + 1], size))
             if i > 0:
                 out = out + _resize(self.down_convs[i - 1](maps[i - 1]), size)
             outputs.append(out)
@@ -173,11 +183,16 @@ class CrossConvolution(nn.Module):
 
 
 class CrossConvolutionSubnet(nn.Module):
-    """The coupling subnet of CS-Flow: cross-conv, LeakyReLU(0.1), cross-conv, gain.
+    """The coupling subnet of CS-Flow, laid out as in the authors' code.
 
-    Each scale's output is multiplied by a learnable scalar gain initialised
-    at zero, so a fresh subnet outputs zeros and a fresh coupling block is the
-    identity.
+    1. per scale, a convolution to ``hidden_channels`` and LeakyReLU(0.1):
+       no mixing of scales in this layer;
+    2. a :class:`CrossConvolution` of the hidden maps to ``out_channels``;
+    3. each scale's output times a learnable scalar gain initialised at zero,
+       so a fresh subnet outputs zeros and a fresh coupling block is the identity.
+
+    Information therefore crosses one scale per subnet: the output of scale
+    ``i`` depends on the inputs of scales ``i - 1``, ``i`` and ``i + 1`` only.
 
     Parameters
     ----------
@@ -186,14 +201,18 @@ class CrossConvolutionSubnet(nn.Module):
     out_channels : sequence of int
         Output channels per scale.
     hidden_channels : int
-        Channels of the hidden layer at every scale.
+        Channels of the hidden maps at every scale.
     kernel_size : int
-        Odd kernel size of both layers.
+        Odd kernel size of all convolutions (padding ``kernel_size // 2``).
     generator : torch.Generator, optional
         Source of the initial weights.
 
     Attributes
     ----------
+    input_convs : nn.ModuleList of nn.Conv2d
+        The per-scale first layer.
+    output_layer : CrossConvolution
+        The cross-scale second layer.
     output_gains : nn.Parameter, shape (n_scales,)
         Per-scale factors on the output, zero at construction.
     """
@@ -207,10 +226,13 @@ class CrossConvolutionSubnet(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
+        _check_layer_arguments(in_channels, out_channels, kernel_size)
         n_scales = len(in_channels)
-        self.hidden_layer = CrossConvolution(
-            in_channels, [hidden_channels] * n_scales, kernel_size, generator
+        self.input_convs = nn.ModuleList(
+            _padded_conv(channels, hidden_channels, kernel_size) for channels in in_channels
         )
+        for conv in self.input_convs:
+            _reset_conv_(conv, generator)
         self.output_layer = CrossConvolution(
             [hidden_channels] * n_scales, out_channels, kernel_size, generator
         )
@@ -218,7 +240,7 @@ class CrossConvolutionSubnet(nn.Module):
 
     def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
         """Map ``(n, in_channels[i], h_i, w_i)`` per scale to ``(n, out_channels[i], h_i, w_i)``."""
-        hidden = [F.leaky_relu(h, LEAKY_RELU_SLOPE) for h in self.hidden_layer(maps)]
+        hidden = [F.leaky_relu(conv(x), LEAKY_RELU_SLOPE) for conv, x in zip(self.input_convs, maps)]
         outputs = self.output_layer(hidden)
         return [out * self.output_gains[i] for i, out in enumerate(outputs)]
 
