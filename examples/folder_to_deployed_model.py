@@ -10,10 +10,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import joblib
 import numpy as np
 from PIL import Image
 
+import skflow_ad
 from skflow_ad import UFlowDetector, load_mvtec_folder, make_surface_train_test
 from skflow_ad.metrics import aupro, image_auroc, pixel_auroc
 
@@ -53,13 +53,13 @@ def main(argv=None, epochs=5):
         print(f"image AUROC {image_auroc(data.y_test, anomaly_scores):.3f}  "
               f"pixel AUROC {pixel_auroc(data.masks_test, maps):.3f}  AUPRO {aupro(data.masks_test, maps):.3f}")
 
-        model_path = Path(tmp) / "model.joblib"
-        joblib.dump(detector, model_path)  # one file, backbone weights included
-        deployed = joblib.load(model_path)
+        model_path = Path(tmp) / "model.skad"
+        detector.save(model_path)  # one file, backbone weights included; loading unpickles nothing
+        deployed = skflow_ad.load(model_path)
         assert np.array_equal(deployed.score_samples(data.X_test), -anomaly_scores)
         print(f"saved {model_path.stat().st_size / 1e6:.1f} MB; reloaded model gives identical scores")
         print("predictions of the deployed model:", deployed.predict(data.X_test[:8]))
-        # the same from the shell: skflow-ad fit ROOT -o model.joblib ; skflow-ad score model.joblib ROOT -o results
+        # the same from the shell: skflow-ad fit ROOT -o model.skad ; skflow-ad score model.skad ROOT -o results
     return 0
 
 
