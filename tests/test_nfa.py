@@ -28,6 +28,7 @@ from skflow_ad.nfa.tree import (
     POLYOMINO_BETA,
     log10_chi2_tail,
     log10_number_of_region_tests,
+    log10_region_tests_per_size,
     tree_log_nfa_reference,
 )
 
@@ -254,6 +255,45 @@ def test_number_of_region_tests_by_hand():
     assert log10_number_of_region_tests(64 * 64) == pytest.approx(2493.27, abs=0.01)
 
 
+def test_per_size_count_by_hand():
+    alpha, beta = POLYOMINO_ALPHA, POLYOMINO_BETA
+    table = log10_region_tests_per_size(6, n_scales=2)
+    assert table.shape == (7,) and table[0] == np.inf
+    for r in range(1, 7):
+        assert table[r] == pytest.approx(math.log10(2 * 6 * 6 * alpha * beta**r / r))
+    # 10 pixels of a 32 x 32 grid, 3 scales: 11 decades, against 623 with the paper's count.
+    assert log10_region_tests_per_size(32 * 32, 3)[10] == pytest.approx(11.09, abs=0.01)
+    assert log10_number_of_region_tests([32 * 32, 16 * 16, 8 * 8]) > 620
+
+
+def test_tree_per_size_by_hand():
+    # Energies [10, 0], 2 channels, one scale: {0} (log10 p = -5 / ln 10, 1 pixel) is kept, as
+    # with the paper's count; its NFA adds the count of one-pixel regions, log10(1 * 2 * 2 alpha beta).
+    result = tree_log_nfa([np.array([[[10.0, 0.0]]])], [2], (1, 2), count="per_size")
+    one_pixel = math.log10(2 * 2 * POLYOMINO_ALPHA * POLYOMINO_BETA)
+    np.testing.assert_allclose(result[0, 0], [-5 / math.log(10) + one_pixel, one_pixel], rtol=1e-6)
+    # [10, 9, 10]: the paper's count merges (3 * -4.5 < -5 in log p); per size the merged region
+    # pays for the 3-pixel regions, log10(beta**2 / 3) = 0.74 decades more, and still wins.
+    merged = tree_log_nfa([np.array([[[10.0, 9.0, 10.0]]])], [2], (1, 3), count="per_size")
+    three = math.log10(3 * 3 * POLYOMINO_ALPHA * POLYOMINO_BETA**3 / 3)
+    np.testing.assert_allclose(merged[0, 0], 3 * (-4.5 / math.log(10)) + three, rtol=1e-6)
+    # [10, 4, 10]: in log p the root (3 * -2 / ln 10) beats each leaf (-5 / ln 10), so the paper's
+    # count merges; per size the root pays 0.74 decades more and loses: the two leaves stay.
+    energies = [np.array([[[10.0, 4.0, 10.0]]])]
+    one = math.log10(3 * 3 * POLYOMINO_ALPHA * POLYOMINO_BETA)
+    leaf = -5 / math.log(10) + one
+    assert leaf < 3 * (-2 / math.log(10)) + three
+    np.testing.assert_allclose(tree_log_nfa(energies, [2], (1, 3), count="per_size")[0, 0], [leaf, one, leaf],
+                               rtol=1e-6)
+    paper = tree_log_nfa(energies, [2], (1, 3))[0, 0]
+    np.testing.assert_allclose(paper, 3 * (-2 / math.log(10)) + log10_number_of_region_tests(3), rtol=1e-6)
+
+
+def test_tree_count_is_checked():
+    with pytest.raises(ValueError, match="count must be one of 'all_sizes', 'per_size'; got 'paper'"):
+        tree_log_nfa([np.ones((1, 2, 2))], [2], 4, count="paper")
+
+
 def test_tree_by_hand_detection_and_prune():
     # chi2_2 tail: P(chi2_2 >= t) = exp(-t / 2). Energies [10, 0], 2 channels: the regions are
     # {0} (level 10, log10 p = -5 / ln 10) inside the root {0, 1} (level 0, log10 p = 0). The
@@ -279,8 +319,9 @@ def test_tree_flat_zone_is_one_region():
     np.testing.assert_allclose(result, 2 * (-5 / math.log(10)) + log10_number_of_region_tests(2), rtol=1e-6)
 
 
+@pytest.mark.parametrize("count", ["all_sizes", "per_size"])
 @pytest.mark.parametrize("seed", range(6))
-def test_tree_fast_matches_reference(seed):
+def test_tree_fast_matches_reference(seed, count):
     rng = np.random.default_rng(seed)
     n_images = int(rng.integers(1, 4))
     shapes = [(int(rng.integers(1, 9)), int(rng.integers(1, 8)), int(rng.integers(1, 8))) for _ in range(2)]
@@ -289,8 +330,8 @@ def test_tree_fast_matches_reference(seed):
         energy = rng.chisquare(channels, (n_images, height, width)) * rng.choice([1.0, 3.0], (n_images, height, width))
         energies.append(np.round(energy) if seed % 2 else energy)  # odd seeds: ties and flat zones
     n_channels = [channels for channels, _, _ in shapes]
-    fast = tree_log_nfa(energies, n_channels, (9, 11))
-    reference = tree_log_nfa_reference(energies, n_channels, (9, 11))
+    fast = tree_log_nfa(energies, n_channels, (9, 11), count=count)
+    reference = tree_log_nfa_reference(energies, n_channels, (9, 11), count=count)
     assert fast.shape == (n_images, 9, 11) and fast.dtype == np.float32
     np.testing.assert_allclose(fast, reference, rtol=1e-6, atol=1e-4)
 
@@ -395,6 +436,20 @@ def test_tree_finds_thin_lines_that_the_block_windows_dilute():
     assert _recall(nfa_mask(latents, 128, method="block"), truth) < 0.3
 
 
+def test_per_size_count_finds_what_the_paper_count_misses():
+    # A 12 x 12 region at 2x variance: the paper's count (10**623 tests) hides it; counted per size
+    # the same tree finds all of it (recall 1.0 over seeds 0-4) and the clean image stays clean.
+    # Its very significant coarse-scale detection spreads, through the bilinear upsampling of the
+    # log NFA, up to one coarsest latent pixel (16 px) around the region, never further.
+    latents, truth = _planted_latents("square", 12, 2)
+    assert not nfa_mask(latents, 128, method="tree").any()
+    masks = nfa_mask(latents, 128, method="tree", count="per_size")
+    assert _recall(masks, truth) > 0.95
+    assert not masks[1].any()
+    near = ndimage.binary_dilation(truth[0], iterations=16)
+    assert not masks[0][~near].any()
+
+
 def test_block_finds_large_weak_regions_below_the_tree_count():
     # A 12 x 12 region at 2x variance: over seeds 0-9, block recall 0.38-0.57, tree 0 (its
     # number of tests, every polyomino of the grid, is 10**623 here).
@@ -424,12 +479,12 @@ def test_stronger_anomalies_are_more_significant(method):
         ([(304, 8), (304, 4), (304, 2)], 32),  # CS-Flow-like
     ],
 )
-@pytest.mark.parametrize("method", ["tree", "block"])
-def test_pure_noise_gives_fewer_false_detections_than_epsilon(shapes, n_images, method):
+@pytest.mark.parametrize("method, kwargs", [("tree", {}), ("tree", {"count": "per_size"}), ("block", {})])
+def test_pure_noise_gives_fewer_false_detections_than_epsilon(shapes, n_images, method, kwargs):
     latents = _normal_latents(shapes, n_images, seed=8)
     output_size = shapes[0][1] * 4
     for log_epsilon in (0.0, -1.0):
-        masks = nfa_mask(latents, output_size, method=method, log_epsilon=log_epsilon)
+        masks = nfa_mask(latents, output_size, method=method, log_epsilon=log_epsilon, **kwargs)
         false_detections = np.mean([ndimage.label(mask)[1] for mask in masks])
         assert false_detections < 10.0**log_epsilon
 
@@ -476,7 +531,7 @@ def test_float16_and_float64_latents():
         ([np.zeros((1, 0, 4, 4))], {}, "empty channel or spatial"),
         ([np.zeros((2, 1, 4, 4)), np.zeros((3, 1, 2, 2))], {}, "same number of images"),
         ([np.zeros((1, 1, 4, 4))], {"method": "blocks"}, r"method must be one of \['block', 'tree'\]"),
-        ([np.zeros((1, 1, 4, 4))], {"window_size": 5}, "method='tree' does not take window_size; its parameters: none"),
+        ([np.zeros((1, 1, 4, 4))], {"window_size": 5}, "method='tree' does not take window_size; its parameters: count"),
         (
             [np.zeros((1, 1, 4, 4))],
             {"method": "block", "window": 5},

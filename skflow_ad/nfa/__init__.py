@@ -18,7 +18,10 @@ statistics and this package the rest:
   The regions are the connected components of the upper level sets of the
   energy ``sum_c z**2`` (a max-tree), each tested exactly with a chi-square
   tail, the most significant ones kept, counted against every polyomino of
-  the latent grid. Derivation: :mod:`skflow_ad.nfa.tree`.
+  the latent grid. Derivation: :mod:`skflow_ad.nfa.tree`. Its
+  ``count="per_size"`` option splits the same union bound by region size
+  (each region pays for the regions of its own size only): far more
+  sensitive, with the same guarantee under the null model.
 - :func:`block_log_nfa` (``method="block"``): the first version of the paper
   and anomalib's, a binomial test on counts of large entries in square
   windows, at the authors' settings (window 5, probability threshold 0.9),

@@ -12,7 +12,7 @@ __all__ = ["METHODS", "latent_statistics", "log_nfa", "nfa_mask"]
 
 #: The NFA methods and the keyword parameters each accepts.
 METHODS = {
-    "tree": (),
+    "tree": ("count",),
     "block": ("window_size", "probability_threshold", "high_precision"),
 }
 
@@ -69,7 +69,8 @@ def log_nfa(latents, output_size, *, method="tree", **kwargs):
         ``"tree"``: :func:`~skflow_ad.nfa.tree_log_nfa`, the current U-Flow
         test; ``"block"``: :func:`~skflow_ad.nfa.block_log_nfa`, the first one.
     **kwargs
-        Parameters of the block method: ``window_size`` (5),
+        Of the tree method: ``count`` (``"all_sizes"``, the paper's, or
+        ``"per_size"``). Of the block method: ``window_size`` (5),
         ``probability_threshold`` (0.9), ``high_precision`` (False).
 
     Returns
@@ -81,7 +82,7 @@ def log_nfa(latents, output_size, *, method="tree", **kwargs):
     latents = check_latents(latents)
     n_channels = [z.shape[1] for z in latents]
     if method == "tree":
-        return tree_log_nfa(latent_statistics(latents), n_channels, output_size)
+        return tree_log_nfa(latent_statistics(latents), n_channels, output_size, **kwargs)
     probability_threshold = check_probability_threshold(kwargs.pop("probability_threshold", 0.9))
     _, counts = latent_statistics(latents, probability_threshold)
     return block_log_nfa(counts, n_channels, output_size, probability_threshold=probability_threshold, **kwargs)
@@ -102,7 +103,7 @@ def nfa_mask(latents, output_size, *, method="tree", log_epsilon=0.0, **kwargs):
         log10 of the NFA threshold ``epsilon``: on normal images at most
         ``epsilon`` false detections are expected per image (0: one).
     **kwargs
-        Parameters of the block method, see :func:`log_nfa`.
+        Parameters of the method, see :func:`log_nfa`.
 
     Returns
     -------
