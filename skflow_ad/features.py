@@ -411,7 +411,7 @@ class ImagePyramidFeatures(FeatureExtractor):
         for scale, stored in enumerate(features):
             maps = stored.float()  # statistics in float32 whatever the cache's dtype
             mean = maps.mean(dim=(0, 2, 3))
-            std = maps.std(dim=(0, 2, 3)).clamp_min(1e-6 * float(maps.abs().max()) + 1e-12)
+            std = floored_std(maps.std(dim=(0, 2, 3)), float(maps.abs().max()))
             getattr(self, f"channel_mean_{scale}").copy_(mean)
             getattr(self, f"channel_std_{scale}").copy_(std)
             standardised.append(self._standardise(maps, scale).to(stored.dtype))
@@ -443,13 +443,170 @@ class ImagePyramidFeatures(FeatureExtractor):
         return maps
 
 
-def build_uflow_extractor(backbone, pretrained):
-    """The frozen U-Flow extractor for ``backbone`` (a name or an ``nn.Module``)."""
+#: Modes of :class:`FeatureStandardizer`: over what the statistics are taken.
+STANDARDIZER_MODES = ("channel", "position")
+
+#: A feature whose spread is below this share of the largest magnitude of its scale counts as constant.
+RELATIVE_STD_FLOOR = 1e-6
+
+#: Training images per chunk when standardising cached features (bounds the float64 temporaries).
+STATISTICS_CHUNK_ROWS = 64
+
+
+def floored_std(std, largest_magnitude):
+    """``std`` raised to :data:`RELATIVE_STD_FLOOR` times ``largest_magnitude`` (constant features stay finite)."""
+    return std.clamp_min(RELATIVE_STD_FLOOR * largest_magnitude + 1e-12)
+
+
+class FeatureStandardizer(nn.Module):
+    """A fixed affine map per scale, ``(x - mean) / std``, with statistics fitted on training features.
+
+    A fixed affine map of a normalizing flow's input changes its
+    log-likelihood by a constant only; it moves the features to where the
+    flow's initialisation expects them, and the ``"position"`` mode also
+    removes what all training images share at one place (a CNN's zero padding
+    at the borders, vignetting, a fixture), which the flow would otherwise
+    have to learn.
+
+    Parameters
+    ----------
+    feature_shapes : list of (C, h, w)
+        Shapes of the maps it standardises, finest first.
+    mode : {"channel", "position"}
+        ``"channel"``: mean and std of each channel over all images and
+        positions (statistics of shape ``(C, 1, 1)``); ``"position"``: of each
+        channel at each position, over the images (statistics ``(C, h, w)``,
+        so for one working resolution).
+
+    Notes
+    -----
+    The map is the identity until :meth:`fit`. The statistics are buffers
+    ``mean_<s>`` and ``std_<s>`` (one pair per scale ``s``) whose shapes
+    follow from ``feature_shapes`` and ``mode``, so they travel with
+    ``state_dict`` (loaded strictly) and pickles. A std below
+    :data:`RELATIVE_STD_FLOOR` times the largest magnitude of the scale's
+    training features (a constant feature) is raised to that floor.
+    """
+
+    def __init__(self, feature_shapes, mode):
+        super().__init__()
+        if mode not in STANDARDIZER_MODES:
+            raise ValueError(f"mode must be one of {STANDARDIZER_MODES}; got {mode!r}.")
+        self.mode = mode
+        self.feature_shapes = [tuple(int(v) for v in shape) for shape in feature_shapes]
+        for scale, (channels, height, width) in enumerate(self.feature_shapes):
+            shape = (channels, 1, 1) if mode == "channel" else (channels, height, width)
+            self.register_buffer(f"mean_{scale}", torch.zeros(shape))
+            self.register_buffer(f"std_{scale}", torch.ones(shape))
+
+    @torch.no_grad()
+    def fit(self, features):
+        """Set the statistics from training features and standardise those features in place.
+
+        Parameters
+        ----------
+        features : list of Tensor
+            Per-scale maps ``(n, C_s, h_s, w_s)`` of the training images, of
+            the declared shapes, in any float dtype (statistics in float64).
+
+        Returns
+        -------
+        list of Tensor
+            The same tensors, standardised, in their own dtype.
+        """
+        shapes = [tuple(maps.shape[1:]) for maps in features]
+        if shapes != self.feature_shapes:
+            raise ValueError(f"features of shapes {shapes} do not match the declared {self.feature_shapes}.")
+        for scale, maps in enumerate(features):
+            mean, std = self._statistics(maps)
+            getattr(self, f"mean_{scale}").copy_(mean)
+            getattr(self, f"std_{scale}").copy_(std)
+            # Cached features are inference tensors: writable in inference mode only.
+            with torch.inference_mode():
+                for start in range(0, len(maps), STATISTICS_CHUNK_ROWS):
+                    rows = maps[start : start + STATISTICS_CHUNK_ROWS]
+                    rows.copy_((rows.float() - mean) / std)  # as forward does, on the cache's device
+        return features
+
+    def _chunks(self, maps):
+        return [maps[i : i + STATISTICS_CHUNK_ROWS] for i in range(0, len(maps), STATISTICS_CHUNK_ROWS)]
+
+    def _statistics(self, maps):
+        """float32 mean and unbiased std of ``maps`` over the mode's dimensions, summed by chunks in float64."""
+        dims, keep = ((0, 2, 3), (-1, 1, 1)) if self.mode == "channel" else ((0,), maps.shape[1:])
+        count = len(maps) * (maps.shape[2] * maps.shape[3] if self.mode == "channel" else 1)
+        chunks = self._chunks(maps)
+        mean = (sum(c.double().sum(dim=dims) for c in chunks) / count).reshape(keep)
+        squares = sum((c.double() - mean).pow(2).sum(dim=dims) for c in chunks).reshape(keep)
+        std = floored_std((squares / max(count - 1, 1)).sqrt(), max(float(c.abs().max()) for c in chunks))
+        return mean.float(), std.float()
+
+    def forward(self, features):
+        """Per-scale maps ``(n, C_s, h_s, w_s)`` -> the same maps standardised."""
+        return [
+            (maps - getattr(self, f"mean_{scale}")) / getattr(self, f"std_{scale}")
+            for scale, maps in enumerate(features)
+        ]
+
+
+class StandardizedExtractor(FeatureExtractor):
+    """A frozen feature extractor followed by a :class:`FeatureStandardizer`.
+
+    ``forward`` maps images ``(n, 3, H, W)`` at ``working_size`` to the
+    wrapped extractor's maps, standardised; :meth:`calibrate` fits the
+    statistics on the training features. A fixed affine map of each map, so
+    ``feature_shapes``, ``strides``, ``mean`` and ``std`` are the wrapped
+    extractor's.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        The frozen extractor; available as ``wrapped``.
+    mode : {"channel", "position"}
+        See :class:`FeatureStandardizer`.
+    working_size : (int, int)
+        The resolution images are resized to: sets the statistics' shapes.
+    """
+
+    def __init__(self, extractor, mode, working_size):
+        super().__init__()
+        self.wrapped = extractor
+        self.mean = extractor.mean
+        self.std = extractor.std
+        self.strides = extractor.strides
+        self.standardizer = FeatureStandardizer(extractor.feature_shapes(tuple(working_size)), mode)
+
+    def feature_shapes(self, working_size):
+        """The wrapped extractor's shapes (standardising keeps them)."""
+        return self.wrapped.feature_shapes(working_size)
+
+    def calibrate(self, features):
+        """Calibrate the wrapped extractor, then fit the statistics on its training maps; returns them standardised."""
+        return self.standardizer.fit(self.wrapped.calibrate(features))
+
+    def forward(self, images):
+        return self.standardizer(self.wrapped(images))
+
+
+#: ``feature_normalization`` of :class:`~skflow_ad.UFlowDetector` -> :class:`FeatureStandardizer` mode (None: none).
+UFLOW_FEATURE_NORMALIZATIONS = {"layer": None, "layer+channel": "channel", "layer+position": "position"}
+
+
+def build_uflow_extractor(backbone, pretrained, feature_normalization="layer", working_size=None):
+    """The frozen U-Flow extractor for ``backbone`` (a name or an ``nn.Module``).
+
+    ``feature_normalization`` is a key of :data:`UFLOW_FEATURE_NORMALIZATIONS`;
+    beyond ``"layer"`` the extractor is wrapped in a
+    :class:`StandardizedExtractor` for ``working_size`` ``(H, W)``.
+    """
     if isinstance(backbone, nn.Module):
-        return UserBackbone(backbone)
-    if backbone == "mcait":
-        return MultiScaleCaiT(pretrained)
-    return TimmFeaturePyramid(backbone, pretrained)
+        extractor = UserBackbone(backbone)
+    elif backbone == "mcait":
+        extractor = MultiScaleCaiT(pretrained)
+    else:
+        extractor = TimmFeaturePyramid(backbone, pretrained)
+    mode = UFLOW_FEATURE_NORMALIZATIONS[feature_normalization]
+    return extractor if mode is None else StandardizedExtractor(extractor, mode, working_size)
 
 
 def default_uflow_image_size(backbone):

@@ -279,7 +279,7 @@ def test_pretrained_accepts_a_local_weights_file(small_images, tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     det = UFlowDetector(**{**FAST_UFLOW, "pretrained": str(path)}).fit(small_images)
-    torch.testing.assert_close(det.extractor_.body.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(det.extractor_.wrapped.body.conv1.weight, reference.conv1.weight)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         UFlowDetector(**{**FAST_UFLOW, "pretrained": str(tmp_path / "missing.pth")}).fit(small_images)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
