@@ -44,6 +44,7 @@ Only ratios from one run mean anything on a shared machine.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--save-models", default=None, help="folder to save the fitted <dataset>.skad models to")
     p.add_argument("--log-epsilon", type=float, nargs="+", default=[0.0],
                    help="nfa_log_epsilon values to evaluate for the NFA methods (default: 0)")
+    p.add_argument("--uflow-params", type=json.loads, default={}, metavar="JSON",
+                   help='other UFlowDetector parameters for both datasets, e.g. \'{"feature_normalization": "layer"}\'')
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     return p.parse_args(argv)
 
@@ -91,6 +94,7 @@ def ksdd_data_and_detector(folder):
 def fitted(name, X_train, detector, args):
     import skflow_ad
 
+    detector.set_params(**args.uflow_params)
     if args.models:
         path = Path(args.models) / f"{name}.skad"
         print(f"[{name}] loading {path}", flush=True)
