@@ -33,6 +33,8 @@ MODULES = (
     "skflow_ad.plotting",
     "skflow_ad.nfa",
     "skflow_ad.regions",
+    "skflow_ad.deploy",
+    "skflow_ad.export",
 )
 
 #: Public methods documented for classes (beyond ``__init__``'s signature).

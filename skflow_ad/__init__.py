@@ -3,9 +3,12 @@
 Detectors: :class:`UFlowDetector` (U-Flow) and :class:`CSFlowDetector` (CS-Flow).
 Submodules that need no torch (what a deployment machine runs): ``datasets``,
 ``metrics``, ``model_selection``, ``nfa``, ``regions`` (connected defect
-regions of a mask), ``resample``, ``conventions`` and ``deploy``. With torch:
-``parallel`` (:func:`score_partitions`, which imports dask when called),
-``plotting`` (needs matplotlib, imported on use), ``persistence`` (model files:
+regions of a mask), ``resample``, ``conventions`` and ``deploy``
+(:class:`ExportedDetector`, exported models on onnxruntime or OpenVINO, which
+it imports only when a model is opened). With torch: ``export``
+(``detector.export_onnx`` / ``export_openvino``), ``parallel``
+(:func:`score_partitions`, which imports dask when called), ``plotting``
+(needs matplotlib, imported on use), ``persistence`` (model files:
 :func:`load` and ``detector.save``) and ``cli``.
 """
 
@@ -13,7 +16,8 @@ from importlib import import_module
 
 # Torch-free submodules are imported at once; the torch-based ones on first use
 # (PEP 562), so that the exported-model runtime works where torch is not installed.
-from . import conventions, datasets, metrics, model_selection, nfa, regions, resample
+from . import conventions, datasets, deploy, metrics, model_selection, nfa, regions, resample
+from .deploy import ExportedDetector
 from .model_selection import NormalOnlyKFold, NormalOnlyShuffleSplit
 from .datasets import ImageFileLoader, load_images, load_mvtec_folder, make_surface_defects, make_surface_train_test
 
@@ -48,6 +52,7 @@ __all__ = [
     "UFlowDetector",
     "CSFlowDetector",
     "BaseFlowDetector",
+    "ExportedDetector",
     "PretrainedWeightsError",
     "load",
     "ModelFileError",
@@ -61,6 +66,7 @@ __all__ = [
     "NormalOnlyShuffleSplit",
     "score_partitions",
     "datasets",
+    "deploy",
     "metrics",
     "model_selection",
     "nfa",

@@ -266,6 +266,37 @@ def _read_paths(paths, color):
     return [load_images([path], color=color)[0] for path in paths]
 
 
+def check_fitted_images(X, n_channels, estimator_name):
+    """Validate images for a model fitted on ``n_channels``-channel images.
+
+    The input rule of every fitted image model (the detectors and
+    :class:`skflow_ad.deploy.ExportedDetector`): image input only, image paths
+    read in the fitted colour mode, the fitted channel count.
+
+    Parameters
+    ----------
+    X : image input (module doc)
+    n_channels : {1, 3}
+        The channel count the model was fitted on.
+    estimator_name : str
+        Named in the error messages.
+
+    Returns
+    -------
+    ImageSet
+    """
+    reject_unsupported_containers(X)
+    if input_kind(X) != IMAGES:
+        raise ValueError(describe_kind_mismatch(X, IMAGES, estimator_name))
+    images = check_images(X, color=n_channels == 3)
+    if images.n_channels != n_channels:
+        raise ValueError(
+            f"X has {images.n_channels} channel(s) but {estimator_name} was fitted on images "
+            f"with {n_channels} channel(s)."
+        )
+    return images
+
+
 def check_images(X, name="X", *, color=False):
     """Validate an image input and wrap it as an :class:`ImageSet`.
 

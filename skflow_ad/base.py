@@ -18,14 +18,14 @@ from abc import abstractmethod
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import persistence
 from ._validation import IMAGES, check_image_size
 from .modes import MODES, extract_features, inference_network, mode_of
 from .nfa import chi2_threshold
-from .prediction import MASK_METHODS, ImagePredictionMixin, NetworkOutputs
+from .prediction import PREDICTION_PARAMETER_CONSTRAINTS, ImagePredictionMixin, NetworkOutputs, validate_prediction_parameters
 from .trainer import FlowTrainer, device_available, resolve_device, seed_from_random_state
 from .nn.vector import gaussian_log_likelihood
 
@@ -95,17 +95,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         "image_size": [None, Interval(numbers.Integral, 1, None, closed="left"), tuple, list],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        **PREDICTION_PARAMETER_CONSTRAINTS,
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "mask_method": [StrOptions(set(MASK_METHODS))],
-        "nfa_window_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "nfa_probability_threshold": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "nfa_high_precision": ["boolean"],
-        "nfa_log_epsilon": [Interval(numbers.Real, None, None, closed="neither")],
-        "min_region_area": [Interval(numbers.Integral, 1, None, closed="left")],
         "pixel_quantile": [Interval(numbers.Real, 0, 1, closed="neither")],
         "feature_cache_dtype": [StrOptions({"auto", "float32", "float16"})],
         "compile_inference": ["boolean"],
@@ -308,11 +302,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         return MODES[self.input_kind_]
 
     def _validate_prediction_parameters(self):
-        validate_parameter_constraints(
-            {name: self._parameter_constraints[name] for name in self._prediction_parameters},
-            {name: getattr(self, name) for name in self._prediction_parameters},
-            caller_name=type(self).__name__,
-        )
+        validate_prediction_parameters(self, self._parameter_constraints, self._prediction_parameters)
 
     def _checked_images(self, X, method):
         mode = self._fitted_mode()
@@ -399,6 +389,59 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
             cannot describe: save such a detector with joblib.
         """
         persistence.save(self, path)
+
+    # ---------------------------------------------------------------- export
+    def export_onnx(self, path, *, opset=None):
+        """Write the whole prediction network as one ONNX model, for :class:`skflow_ad.deploy.ExportedDetector`.
+
+        A ``uint8`` batch ``(n, H, W, C)`` at the working size in (dynamic
+        ``n``), scores, anomaly maps and the per-scale latent energies and
+        exceedance counts out; the fitted thresholds and prediction
+        parameters in its metadata. See :func:`skflow_ad.export.export_onnx`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination, ``.onnx`` by convention.
+        opset : int or None
+            ONNX opset; None uses the exporter's default.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        ValueError
+            When it was fitted on feature vectors.
+        ImportError
+            When ``onnx`` or ``onnxscript`` is missing: ``pip install "skflow-ad[export]"``.
+        """
+        from .export import export_onnx
+
+        return export_onnx(self, path, opset=opset)
+
+    def export_openvino(self, path, *, precision="FP32", opset=None):
+        """Write the prediction network as OpenVINO IR (``.xml`` + ``.bin``); see :meth:`export_onnx`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The ``.xml`` file.
+        precision : {"FP32", "FP16"}
+            Storage precision of the weights (inference runs in FP32).
+        opset : int or None
+            ONNX opset of the intermediate ONNX model.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from .export import export_openvino
+
+        return export_openvino(self, path, precision=precision, opset=opset)
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -1,9 +1,10 @@
 """The ``skflow-ad`` command line: fit a detector on image files, then score images.
 
-Two subcommands::
+Three subcommands::
 
     skflow-ad fit DATA -o model.skad [options]
     skflow-ad score model.skad DATA -o OUTDIR [--heatmaps] [--masks] [options]
+    skflow-ad export model.skad -o model.onnx [--format onnx|openvino] [--precision FP32|FP16]
 
 ``fit`` reads the normal images of a folder (or the ``train/good`` split of an
 MVTec-AD category), fits a detector and saves it: as a model file
@@ -21,7 +22,9 @@ Exit status: 0 on success, 2 for usage errors, 1 for bad data, paths or models
 read some images (``EXIT_SOME_IMAGES_FAILED``): each is reported on stderr as
 ``skipped PATH: REASON``, every other image is scored and written, and the
 unreadable ones get a row in ``scores.csv`` with empty scores and the reason in
-its ``error`` column. Setting the environment variable ``SKFLOW_AD_TRACEBACK=1``
+its ``error`` column. ``score`` also takes a model exported by ``export`` (a
+``.onnx`` or OpenVINO ``.xml`` file), run by
+:class:`skflow_ad.deploy.ExportedDetector`. Setting the environment variable ``SKFLOW_AD_TRACEBACK=1``
 re-raises errors with their traceback.
 
 Offline, ``fit`` with ``--pretrained yes`` (the default) first checks in a few
@@ -58,6 +61,8 @@ from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, r
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .features import PretrainedWeightsError
 from .conventions import labels_from_decision
+from .deploy import OPENVINO_PRECISIONS, RUNTIMES, ExportedDetector
+from .export import onnx_to_openvino
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
 from .persistence import ModelFileError, file_kind, load_model
 from .prediction import MASK_METHODS
@@ -97,6 +102,11 @@ METRIC_NAMES = {
 HUB_ENDPOINT = "https://huggingface.co"
 #: Seconds the Hub has to answer before ``fit`` takes it as unreachable.
 HUB_PROBE_TIMEOUT = 5.0
+
+#: Model files ``score`` runs as exported models.
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+#: ``export --format`` choices.
+EXPORT_FORMATS = ("onnx", "openvino")
 
 #: Exit status of ``score`` when some images could not be read (the others are scored).
 EXIT_SOME_IMAGES_FAILED = 3
@@ -221,7 +231,8 @@ def build_parser():
         epilog=(
             "examples:\n"
             f"  {PROG} fit mvtec/bottle -o bottle.skad --backbone resnet18 --epochs 20\n"
-            f"  {PROG} score bottle.skad mvtec/bottle -o results --heatmaps --masks\n\n"
+            f"  {PROG} score bottle.skad mvtec/bottle -o results --heatmaps --masks\n"
+            f"  {PROG} export bottle.skad -o bottle.onnx\n\n"
             f"Run '{PROG} COMMAND --help' for the options of a command. Exit status: 0 on success, "
             "2 for usage errors, 1 for bad data, paths or models, 3 when score could not read some "
             "images (the others are scored and written)."
@@ -232,6 +243,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_fit_parser(commands)
     _add_score_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 
@@ -326,13 +338,17 @@ def _add_score_parser(commands):
             "examples:\n"
             f"  {PROG} score model.skad new_images/ -o results --heatmaps\n"
             f"  {PROG} score old_model.joblib new_images/ -o results --allow-pickle\n"
+            f"  {PROG} score model.onnx new_images/ -o results --heatmaps\n"
             f"  {PROG} score bottle.skad mvtec/bottle -o results --masks --mask-method threshold"
         ),
         formatter_class=_HelpFormatter,
     )
     score.add_argument("model", metavar="MODEL",
                        help="a detector file written by 'fit' or by detector.save(); a joblib/pickle file only "
-                       "with --allow-pickle")
+                       "with --allow-pickle; or a model written by 'export' (.onnx, or OpenVINO .xml), run "
+                       "without torch by skflow_ad.deploy.ExportedDetector")
+    score.add_argument("--runtime", choices=tuple(RUNTIMES),
+                       help="runtime of an exported model (default: openvino for .xml, onnxruntime for .onnx)")
     score.add_argument("--allow-pickle", action="store_true",
                        help="also load joblib/pickle model files. Unpickling runs the code the file contains: "
                        "pass it only for files from a trusted source (default: refuse pickles)")
@@ -372,6 +388,40 @@ def _add_score_parser(commands):
     score.add_argument("-q", "--quiet", action="store_true",
                        help="no progress bar (default: show it on stderr)")
     score.set_defaults(handler=_run_score, command_parser=score)
+
+
+def _add_export_parser(commands):
+    export = commands.add_parser(
+        "export",
+        help="export a fitted detector as an ONNX model or OpenVINO IR, to score without torch",
+        description=(
+            "Export the whole prediction network of a detector saved by 'fit' (uint8 images at its working\n"
+            "size in; scores, anomaly maps and the latent statistics of the NFA masks out; thresholds and\n"
+            "prediction parameters in the metadata) for skflow_ad.deploy.ExportedDetector and\n"
+            f"'{PROG} score'. An exported .onnx MODEL is converted to OpenVINO IR. Needs the packages onnx\n"
+            "and onnxscript (and openvino for --format openvino): pip install \"skflow-ad[export]\"."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} export model.skad -o model.onnx\n"
+            f"  {PROG} export model.skad -o model.xml --precision FP16\n"
+            f"  {PROG} export model.onnx -o model.xml"
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    export.add_argument("model", metavar="MODEL",
+                        help="a detector file written by 'fit' or by detector.save() (a joblib/pickle file only with "
+                        "--allow-pickle), or a .onnx file written by 'export' to convert to OpenVINO IR")
+    export.add_argument("-o", "--output", metavar="FILE", required=True,
+                        help="the exported model: .onnx, or .xml for OpenVINO IR (weights in the .bin beside it)")
+    export.add_argument("--format", choices=EXPORT_FORMATS,
+                        help="onnx or openvino (default: openvino for an .xml output, else onnx)")
+    export.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="FP32",
+                        help="storage precision of OpenVINO IR weights; inference runs in FP32 (default: FP32)")
+    export.add_argument("--allow-pickle", action="store_true",
+                        help="also load joblib/pickle model files; unpickling runs the code the file contains: pass it "
+                        "only for files from a trusted source (default: refuse pickles)")
+    export.set_defaults(handler=_run_export, command_parser=export)
 
 
 # ---------------------------------------------------------------------------
@@ -661,9 +711,15 @@ def _scoring_set(data, exclude):
     return ScoringSet(paths, data)
 
 
-def _load_model(path, allow_pickle):
+def _load_model(path, allow_pickle, runtime=None):
     if not path.is_file():
         raise CommandError(f"model file {path} does not exist." if not path.exists() else f"{path} is not a file.")
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        runtime = runtime or ("openvino" if path.suffix.lower() == ".xml" else "onnxruntime")
+        try:
+            return ExportedDetector(path, runtime)
+        except ModelFileError as error:
+            raise CommandError(_one_line(error)) from error
     if not allow_pickle and file_kind(path) == "pickle":
         raise CommandError(
             f"{path} is a joblib/pickle file; loading it runs the code it contains. Pass --allow-pickle if it comes "
@@ -744,8 +800,31 @@ def _evaluate(labels, anomaly_scores, ground_truth, maps):
     return metrics, notes
 
 
+def _run_export(args):
+    source, output = Path(args.model), Path(args.output)
+    fmt = args.format or ("openvino" if output.suffix.lower() == ".xml" else "onnx")
+    if source.suffix.lower() == ".xml":
+        raise CommandError(f"{source} is already an exported OpenVINO model; export a detector file (.skad).")
+    if source.suffix.lower() == ".onnx" and source.is_file():
+        if fmt != "openvino":
+            raise UsageError(f"{source} is already an ONNX model; export converts it to OpenVINO IR only "
+                             f"(-o MODEL.xml).")
+        written = onnx_to_openvino(source, output, precision=args.precision)
+    else:
+        model = _load_model(source, args.allow_pickle)
+        if fmt == "openvino":
+            written = model.export_openvino(output, precision=args.precision)
+        else:
+            if output.suffix.lower() == ".xml":
+                raise UsageError("an ONNX model cannot be written to an .xml file; use -o MODEL.onnx or "
+                                 "--format openvino.")
+            written = model.export_onnx(output)
+    print(f"wrote {written}" + (f" and {written.with_suffix('.bin')}" if fmt == "openvino" else ""))
+    return 0
+
+
 def _run_score(args):
-    model = _load_model(Path(args.model), args.allow_pickle)
+    model = _load_model(Path(args.model), args.allow_pickle, args.runtime)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise CommandError(f"output {output} exists and is not a folder.")
@@ -754,8 +833,9 @@ def _run_score(args):
     evaluate_pixels = dataset.labels is not None and pixel_problem is None
     output.mkdir(parents=True, exist_ok=True)
 
+    # Attributes, not set_params: exported models are no estimators; both check them when predicting.
     if args.batch_size is not None:
-        model.set_params(batch_size=args.batch_size)
+        model.batch_size = args.batch_size
     batch_size = model.batch_size
     color = model.n_channels_ == 3
     names = _output_names(dataset.paths, dataset.base)
@@ -766,7 +846,7 @@ def _run_score(args):
     kept_maps, ground_truth, evaluated = [], [], []
 
     if args.min_region_area is not None:
-        model.set_params(min_region_area=args.min_region_area)
+        model.min_region_area = args.min_region_area
     region_records = []
     with tqdm(total=n_images, desc="scoring", unit="img", disable=args.quiet) as progress:
         for start in range(0, n_images, batch_size):

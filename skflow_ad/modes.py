@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import validate_data
 
-from ._validation import IMAGES, VECTORS, check_images, describe_kind_mismatch, input_kind, reject_unsupported_containers
+from ._validation import IMAGES, VECTORS, check_fitted_images, check_images, describe_kind_mismatch, input_kind
 from .inference import InferenceNetwork, Preprocess
 from .nfa import chi2_threshold
 from .nn._blocks import seeded
@@ -69,17 +69,7 @@ class ImageMode:
 
     def check_input(self, detector, X):
         """Validate images against the fitted model (channels), without touching its state."""
-        name = type(detector).__name__
-        reject_unsupported_containers(X)
-        if input_kind(X) != IMAGES:
-            raise ValueError(describe_kind_mismatch(X, IMAGES, name))
-        images = check_images(X, color=detector.n_channels_ == 3)
-        if images.n_channels != detector.n_channels_:
-            raise ValueError(
-                f"X has {images.n_channels} channel(s) but {name} was fitted on images "
-                f"with {detector.n_channels_} channel(s)."
-            )
-        return images
+        return check_fitted_images(X, detector.n_channels_, type(detector).__name__)
 
     def prepare(self, detector, images, params, device, seed):
         working_size = detector._resolve_working_size(params)

@@ -20,21 +20,45 @@ on anomalous pixels.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
 from . import nfa
 from .conventions import labels_from_decision
 from .regions import find_regions, remove_small_regions
 from .resample import resize_maps
 
-__all__ = ["MASK_METHODS", "NFA_METHODS", "Inspection", "NetworkOutputs", "ImagePredictionMixin"]
+__all__ = [
+    "MASK_METHODS", "NFA_METHODS", "PREDICTION_PARAMETER_CONSTRAINTS", "validate_prediction_parameters",
+    "Inspection", "NetworkOutputs", "ImagePredictionMixin",
+]
 
 #: ``mask_method`` values: the a-contrario tests on the latents, or the learned pixel threshold.
 MASK_METHODS = ("tree_nfa", "block_nfa", "threshold")
 #: The methods ``log_nfa_map`` computes.
 NFA_METHODS = ("tree_nfa", "block_nfa")
+
+#: scikit-learn constraints of the parameters read at prediction time (by the detectors and exported models).
+PREDICTION_PARAMETER_CONSTRAINTS = {
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "mask_method": [StrOptions(set(MASK_METHODS))],
+    "nfa_window_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "nfa_probability_threshold": [Interval(numbers.Real, 0, 1, closed="neither")],
+    "nfa_high_precision": ["boolean"],
+    "nfa_log_epsilon": [Interval(numbers.Real, None, None, closed="neither")],
+    "min_region_area": [Interval(numbers.Integral, 1, None, closed="left")],
+}
+
+
+def validate_prediction_parameters(host, constraints, names):
+    """Raise scikit-learn's ``InvalidParameterError`` naming the first of ``host``'s ``names`` out of ``constraints``."""
+    validate_parameter_constraints(
+        {name: constraints[name] for name in names}, {name: getattr(host, name) for name in names},
+        caller_name=type(host).__name__,
+    )
 
 
 @dataclass

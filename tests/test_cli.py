@@ -257,7 +257,7 @@ def test_score_names_clashing_stems_apart(model_path, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["fit", "score"])
+@pytest.mark.parametrize("command", ["fit", "score", "export"])
 def test_help_explains_every_option_with_its_default(command, capsys):
     assert main([command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -282,6 +282,9 @@ def test_help_explains_every_option_with_its_default(command, capsys):
         ["fit", "data", "-o", "m.joblib", "--param", "flow_steps"],
         ["score", "m.joblib", "data", "-o", "out", "--mask-method", "otsu"],
         ["score", "m.joblib", "data", "-o", "out", "--heatmap-range", "2:1"],
+        ["score", "m.onnx", "data", "-o", "out", "--runtime", "tensorrt"],
+        ["export", "m.skad"],  # no -o
+        ["export", "m.skad", "-o", "m.onnx", "--precision", "INT4"],
     ],
 )
 def test_bad_usage_exits_with_2(argv, capsys):
@@ -557,3 +560,63 @@ def test_installed_entry_point_prints_help():
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "usage: skflow-ad" in result.stdout and "fit" in result.stdout and "score" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# export, and score with an exported model
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_path(model_path):
+    pytest.importorskip("onnxscript")
+    path = model_path.with_name("model.onnx")
+    assert main(["export", str(model_path), "-o", str(path)]) == 0
+    return path
+
+
+def _scores_of(rows):
+    return np.array([float(row["score"]) for row in rows])
+
+
+def test_score_with_an_exported_model_writes_the_detectors_results(mvtec_root, model_path, exported_path, tmp_path,
+                                                                   capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["score", str(model_path), str(mvtec_root), "-o", str(tmp_path / "torch"), "--masks",
+                 "--mask-method", "block_nfa", "--quiet"]) == 0
+    assert main(["score", str(exported_path), str(mvtec_root), "-o", str(tmp_path / "onnx"), "--masks",
+                 "--mask-method", "block_nfa", "--quiet"]) == 0
+    expected, got = _read_csv(tmp_path / "torch" / "scores.csv"), _read_csv(tmp_path / "onnx" / "scores.csv")
+    assert [row["path"] for row in got] == [row["path"] for row in expected]
+    np.testing.assert_allclose(_scores_of(got), _scores_of(expected), rtol=1e-4)
+    assert [row["prediction"] for row in got] == [row["prediction"] for row in expected]
+    for mask in sorted((tmp_path / "torch" / "masks").rglob("*.png")):
+        twin = tmp_path / "onnx" / "masks" / mask.relative_to(tmp_path / "torch" / "masks")
+        np.testing.assert_array_equal(np.asarray(Image.open(twin)), np.asarray(Image.open(mask)))
+    metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    assert metrics == pytest.approx(json.loads((tmp_path / "torch" / "metrics.json").read_text()), rel=1e-4)
+
+
+def test_export_converts_to_openvino_and_score_runs_it(mvtec_root, model_path, exported_path, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    xml = tmp_path / "model.xml"
+    assert main(["export", str(exported_path), "-o", str(xml), "--precision", "FP32"]) == 0
+    assert f"wrote {xml} and {xml.with_suffix('.bin')}" in capsys.readouterr().out
+    assert main(["score", str(xml), str(mvtec_root), "-o", str(tmp_path / "ov"), "--quiet"]) == 0
+    assert main(["score", str(model_path), str(mvtec_root), "-o", str(tmp_path / "torch"), "--quiet"]) == 0
+    np.testing.assert_allclose(_scores_of(_read_csv(tmp_path / "ov" / "scores.csv")),
+                               _scores_of(_read_csv(tmp_path / "torch" / "scores.csv")), rtol=1e-4)
+
+
+def test_export_and_exported_model_errors(mvtec_root, model_path, exported_path, tmp_path, capsys, monkeypatch):
+    assert main(["export", str(exported_path), "-o", str(tmp_path / "again.onnx")]) == 2
+    assert "is already an ONNX model; export converts it to OpenVINO IR only" in capsys.readouterr().err
+    assert main(["export", str(model_path), "-o", str(tmp_path / "model.xml"), "--format", "onnx"]) == 2
+    assert "an ONNX model cannot be written to an .xml file" in capsys.readouterr().err
+    not_ours = tmp_path / "notes.onnx"
+    not_ours.write_text("not a model")
+    assert main(["score", str(not_ours), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
+    assert "could not be read as a model by onnxruntime" in _one_error_line(capsys.readouterr().err)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", str(model_path), "-o", str(tmp_path / "model.onnx")]) == 1
+    assert 'pip install "skflow-ad[export]"' in _one_error_line(capsys.readouterr().err)
