@@ -90,8 +90,12 @@ def test_masks_labels_and_decisions_are_the_detectors(case, method):
     np.testing.assert_array_equal(got.labels, expected.labels)
     assert [len(r) for r in got.regions] == [len(r) for r in expected.regions]
     if method != "threshold":
+        # A tree region's log10 p-value is its area times the log tail at its lowest energy, so
+        # energies equal to float32 rounding (1e-6 relative) give log NFAs equal to about 1e-4
+        # (measured up to 1.9e-4 here); the block NFA counts integers.
+        tolerance = 1e-3 if method == "tree_nfa" else 1e-5
         for got_nfa, expected_nfa in zip(got.log_nfa, expected.log_nfa):
-            np.testing.assert_allclose(got_nfa, expected_nfa, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got_nfa, expected_nfa, rtol=1e-5, atol=tolerance)
 
 
 def test_decision_function_and_predict_are_the_detectors(uflow_case):
