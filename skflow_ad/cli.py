@@ -64,7 +64,7 @@ from .conventions import labels_from_decision
 from .deploy import OPENVINO_PRECISIONS, RUNTIMES, ExportedDetector
 from .export import onnx_to_openvino
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
-from .persistence import ModelFileError, file_kind, load_model
+from .persistence import ModelFileError, atomic_destination, file_kind, load_model
 from .prediction import MASK_METHODS
 from .regions import RECORD_FIELDS, regions_to_records
 from .plotting import colorize
@@ -579,13 +579,8 @@ def _save_model(detector, path):
     if path.suffix.lower() not in PICKLE_SUFFIXES:
         detector.save(path)  # atomic: an interrupted save leaves an older file intact
         return
-    # Written next to the target then renamed, as detector.save does.
-    partial = path.with_name(path.name + ".partial")
-    try:
-        joblib.dump(detector, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_destination(path) as temporary:
+        joblib.dump(detector, temporary)
 
 
 def _run_fit(args):

@@ -57,7 +57,7 @@ from .deploy import (
 )
 from .modes import inference_network
 from .nfa import chi2_threshold
-from .persistence import current_versions
+from .persistence import atomic_destination, current_versions
 from .prediction import PREDICTION_PARAMETER_CONSTRAINTS, validate_prediction_parameters
 
 __all__ = ["export_onnx", "export_openvino", "onnx_to_openvino", "export_metadata", "nested_mean_layer_norm"]
@@ -240,13 +240,8 @@ def export_onnx(detector, path, *, opset=None):
     if n_bytes >= PROTOBUF_LIMIT_BYTES:
         onnx_program.save(path, external_data=True)
         return path
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        temporary = Path(tmp.name)
-    try:
+    with atomic_destination(path) as temporary:
         onnx_program.save(temporary, external_data=False)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -44,6 +44,7 @@ This module imports torch only when a model is saved or loaded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -52,7 +53,6 @@ import numbers
 import os
 import platform
 import re
-import shutil
 import tempfile
 import warnings
 import zipfile
@@ -63,7 +63,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "FORMAT_VERSION", "ModelFileError", "ModelVersionWarning", "current_versions", "load", "load_model", "save",
+    "FORMAT_VERSION", "ModelFileError", "ModelVersionWarning", "atomic_destination", "current_versions", "load",
+    "load_model", "save",
 ]
 
 #: Version of the model-file layout that :func:`save` writes and :func:`load` reads.
@@ -421,21 +422,41 @@ def save(detector, path):
     tensors, prefixes = _weight_tensors(networks, arrays)
 
     path = Path(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
-    try:
-        weights_path = staging / WEIGHTS_NAME
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.saving-", dir=path.parent) as staging, \
+            atomic_destination(path) as archive_path:
+        weights_path = Path(staging) / WEIGHTS_NAME
         save_file(tensors, str(weights_path))
         manifest["weights"] = {"file": WEIGHTS_NAME, "sha256": _sha256(weights_path), "networks": prefixes}
-        archive_path = staging / "model.zip"
         with zipfile.ZipFile(archive_path, "w") as archive:
             archive.writestr(MANIFEST_NAME, json.dumps(manifest, indent=1, allow_nan=False),
                              compress_type=zipfile.ZIP_DEFLATED)
             archive.write(weights_path, WEIGHTS_NAME, compress_type=zipfile.ZIP_STORED)
         with open(archive_path, "rb+") as stream:
             os.fsync(stream.fileno())
-        os.replace(archive_path, path)
+
+
+@contextlib.contextmanager
+def atomic_destination(path):
+    """A temporary file next to ``path``, moved onto ``path`` when the block succeeds.
+
+    The one rule for writing files that must never be seen half-written
+    (model files, pickles, exported graphs): an interrupted or failed write
+    leaves an older file at ``path`` intact and no temporary file behind.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write, in ``path``'s folder (so the final move is atomic).
+    """
+    path = Path(path)
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        temporary.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- load

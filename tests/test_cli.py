@@ -94,7 +94,7 @@ def test_fit_on_mvtec_root_uses_train_good_and_saves_the_options(model_path, mod
     assert params["image_size"] == 32 and params["max_epochs"] == 1 and params["batch_size"] == 4
     assert params["random_state"] == 0 and params["verbose"] is False
     assert model.n_channels_ == 1 and model.n_iter_ == 1
-    assert not model_path.with_name(model_path.name + ".partial").exists()
+    assert sorted(p.name for p in model_path.parent.iterdir()) == [model_path.name]  # no temporary file left
 
 
 def test_fit_plain_folder_recursively_in_color_with_params(tmp_path, capsys):
@@ -365,9 +365,9 @@ def test_score_loads_pickles_with_allow_pickle(mvtec_root, model, tmp_path, caps
     np.testing.assert_allclose([float(row["score"]) for row in rows], expected, rtol=1e-5)
 
 
-def test_fit_writes_a_model_file_unless_the_suffix_says_pickle(model_path):
+def test_fit_writes_a_model_file_by_default(model_path):
     assert skflow_ad.persistence.file_kind(model_path) == "zip"
-    assert not model_path.with_name(model_path.name + ".partial").exists()
+    assert sorted(p.name for p in model_path.parent.iterdir()) == [model_path.name]  # no temporary file left
 
 
 def test_score_data_errors(model_path, tmp_path, capsys):
