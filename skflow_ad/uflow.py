@@ -62,8 +62,10 @@ class UFlowDetector(BaseFlowDetector):
         padding at the borders, vignetting, fixtures) no longer has to be
         learned by the flow. Keep ``"layer+position"`` when the images are
         aligned (a fixed camera and part, as on an inspection line): of the
-        three it gave the best pixel AUROC and AUPRO on KolektorSDD, seed 0
-        (``docs/benchmarks.md``). Use ``"layer+channel"`` when objects appear
+        three it gave the best pixel AUROC and AUPRO on KolektorSDD at
+        208 x 80, seed 0, and the NFA masks that find most; at 320 x 128
+        ``"layer"`` gave better AUROCs (``docs/benchmarks.md``): compare both
+        on your data. Use ``"layer+channel"`` when objects appear
         anywhere in the frame (position statistics then describe the
         training set's layout, not the camera) or with very few training
         images (per-position statistics are estimated from one value per
