@@ -266,7 +266,7 @@ def _read_paths(paths, color):
     return [load_images([path], color=color)[0] for path in paths]
 
 
-def check_fitted_images(X, n_channels, estimator_name):
+def check_fitted_images(X, n_channels, estimator_name, name="X"):
     """Validate images for a model fitted on ``n_channels``-channel images.
 
     The input rule of every fitted image model (the detectors and
@@ -280,18 +280,20 @@ def check_fitted_images(X, n_channels, estimator_name):
         The channel count the model was fitted on.
     estimator_name : str
         Named in the error messages.
+    name : str
+        The argument's name in the error messages.
 
     Returns
     -------
     ImageSet
     """
-    reject_unsupported_containers(X)
+    reject_unsupported_containers(X, name)
     if input_kind(X) != IMAGES:
         raise ValueError(describe_kind_mismatch(X, IMAGES, estimator_name))
-    images = check_images(X, color=n_channels == 3)
+    images = check_images(X, name, color=n_channels == 3)
     if images.n_channels != n_channels:
         raise ValueError(
-            f"X has {images.n_channels} channel(s) but {estimator_name} was fitted on images "
+            f"{name} has {images.n_channels} channel(s) but {estimator_name} was fitted on images "
             f"with {n_channels} channel(s)."
         )
     return images

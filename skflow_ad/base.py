@@ -423,15 +423,20 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
 
         return export_onnx(self, path, opset=opset)
 
-    def export_openvino(self, path, *, precision="FP32", opset=None):
+    def export_openvino(self, path, *, precision="FP32", calibration_images=None, opset=None):
         """Write the prediction network as OpenVINO IR (``.xml`` + ``.bin``); see :meth:`export_onnx`.
 
         Parameters
         ----------
         path : str or path-like
             The ``.xml`` file.
-        precision : {"FP32", "FP16"}
-            Storage precision of the weights (inference runs in FP32).
+        precision : {"FP32", "FP16", "INT8"}
+            FP32: this detector's numbers; FP16: weights stored in 16 bits,
+            computed in FP32; INT8: the extractor quantized by NNCF on
+            ``calibration_images`` (faster, not the same numbers). See
+            :func:`skflow_ad.export.export_openvino`.
+        calibration_images : image input or None
+            Normal images, for (and only for) ``precision="INT8"``.
         opset : int or None
             ONNX opset of the intermediate ONNX model.
 
@@ -441,7 +446,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         """
         from .export import export_openvino
 
-        return export_openvino(self, path, precision=precision, opset=opset)
+        return export_openvino(self, path, precision=precision, calibration_images=calibration_images, opset=opset)
 
     def __getstate__(self):
         state = dict(super().__getstate__())

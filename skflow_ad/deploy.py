@@ -58,8 +58,8 @@ from .prediction import (
 )
 
 __all__ = [
-    "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "RUNTIMES", "output_names",
-    "read_metadata",
+    "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "RUNTIMES", "as_graph_input",
+    "output_names", "read_metadata",
 ]
 
 #: ``format`` of the metadata of an exported model.
@@ -72,8 +72,8 @@ METADATA_KEY = "skflow_ad"
 INPUT_NAME = "images"
 #: The runtimes :class:`ExportedDetector` runs a model on, and the package each needs.
 RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-#: Storage precisions of OpenVINO IR weights.
-OPENVINO_PRECISIONS = ("FP32", "FP16")
+#: Precisions of OpenVINO IR (see :func:`skflow_ad.export.export_openvino`).
+OPENVINO_PRECISIONS = ("FP32", "FP16", "INT8")
 
 #: Prediction parameters an :class:`ExportedDetector` may override (``nfa_probability_threshold`` is in the graph).
 OVERRIDABLE_PARAMETERS = tuple(name for name in PREDICTION_PARAMETER_CONSTRAINTS if name != "nfa_probability_threshold")
@@ -88,6 +88,17 @@ def output_names(n_scales):
     """The output names of an exported graph with ``n_scales`` latent scales."""
     return ["scores", "anomaly_maps", *(f"energy_{s}" for s in range(n_scales)),
             *(f"exceedances_{s}" for s in range(n_scales))]
+
+
+def as_graph_input(batch):
+    """An image batch ``(b, H, W, C)`` at the working size as the graph's ``uint8`` input.
+
+    ``uint8`` passes unchanged; floats in [0, 1] (what other input depths
+    become) are rounded to the nearest of the 256 levels.
+    """
+    if batch.dtype != np.uint8:
+        batch = np.rint(batch * np.float32(255)).astype(np.uint8)
+    return np.ascontiguousarray(batch)
 
 
 def read_metadata(text, path):
@@ -211,7 +222,8 @@ class ExportedDetector(ImagePredictionMixin):
     path : str or path-like
         A ``.onnx`` file (either runtime) or an OpenVINO ``.xml`` file (``runtime="openvino"``).
     runtime : {"onnxruntime", "openvino"}
-        OpenVINO computes in FP32 whatever the storage precision of the IR.
+        OpenVINO computes in FP32 whatever the storage precision of FP16 IR;
+        INT8 IR runs its quantized extractor on integers and the rest in FP32.
     threads : int or None
         Intra-op threads of the runtime; None lets it choose.
     batch_size, mask_method, nfa_window_size, nfa_high_precision, nfa_log_epsilon, min_region_area : optional
@@ -298,6 +310,4 @@ class ExportedDetector(ImagePredictionMixin):
         return check_fitted_images(X, self.n_channels_, self.detector_class_)
 
     def _run_network(self, batch):
-        if batch.dtype != np.uint8:
-            batch = np.rint(batch * np.float32(255)).astype(np.uint8)
-        return NetworkOutputs.from_sequence(self._session.run(np.ascontiguousarray(batch)))
+        return NetworkOutputs.from_sequence(self._session.run(as_graph_input(batch)))

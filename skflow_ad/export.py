@@ -31,15 +31,30 @@ Two choices keep the exported numbers those of the detector:
 - OpenVINO runs the graph with an FP32 inference precision (its CPU plugin
   otherwise runs bfloat16 on CPUs that have it); see :mod:`skflow_ad.deploy`.
 
+INT8 (``precision="INT8"``) is NNCF's post-training quantization of the
+frozen extractor only, calibrated on normal images the caller passes (the
+training images are the natural choice): its convolutions and matrix products
+run on 8-bit integers, with fast bias correction. The flow and the head stay
+in FP32: the coupling blocks' clamped exponential scales and the Gaussian
+log-likelihood are where anomaly scores come from, and a quantized flow both
+flattens the small differences in ``z`` that separate a defect from the
+normal texture and, with OpenVINO 2026.4, fails to compile (a quantized
+concatenation of the coupling halves). Quantizing changes the numbers: the
+user guide reports what it cost on KolektorSDD, measure it on your data
+before deploying (``benchmarks/ksdd.py --runtimes``).
+
 This module needs torch, ``onnx`` and ``onnxscript`` (``pip install
-"skflow-ad[export]"``), and ``openvino`` for :func:`export_openvino`.
+"skflow-ad[export]"``), ``openvino`` for :func:`export_openvino`, and
+``nncf`` for its INT8 precision (in the ``export`` extra too).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
+import re
 import os
 import tempfile
 import warnings
@@ -51,19 +66,29 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._validation import IMAGES
+from ._validation import IMAGES, check_fitted_images
 from .deploy import (
-    FORMAT_NAME, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS, output_names, read_metadata,
+    FORMAT_NAME, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS, as_graph_input, output_names,
+    read_metadata,
 )
 from .modes import inference_network
 from .nfa import chi2_threshold
 from .persistence import atomic_destination, current_versions
 from .prediction import PREDICTION_PARAMETER_CONSTRAINTS, validate_prediction_parameters
 
-__all__ = ["export_onnx", "export_openvino", "onnx_to_openvino", "export_metadata", "nested_mean_layer_norm"]
+__all__ = [
+    "export_onnx", "export_openvino", "onnx_to_openvino", "export_metadata", "nested_mean_layer_norm",
+    "unquantized_node_names",
+]
 
 #: The packages an export records beyond :func:`skflow_ad.persistence.current_versions`.
-EXPORT_PACKAGES = ("onnx", "onnxscript", "openvino")
+EXPORT_PACKAGES = ("onnx", "onnxscript", "openvino", "nncf")
+
+#: The module (name scope of the exported graph) that INT8 quantizes; the flow and head stay FP32.
+INT8_SCOPE = "network.extractor"
+
+#: The ONNX node metadata key in which PyTorch's exporter records each node's module path.
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 #: Above this size ONNX's protobuf cannot hold the weights: they go to a ``.data`` file beside the model.
 PROTOBUF_LIMIT_BYTES = 2 * 2**30
@@ -245,7 +270,7 @@ def export_onnx(detector, path, *, opset=None):
     return path
 
 
-def export_openvino(detector, path, *, precision="FP32", opset=None):
+def export_openvino(detector, path, *, precision="FP32", calibration_images=None, opset=None):
     """Write the prediction network of a fitted image detector as OpenVINO IR (``.xml`` + ``.bin``).
 
     The ONNX model of :func:`export_onnx`, converted by
@@ -257,10 +282,15 @@ def export_openvino(detector, path, *, precision="FP32", opset=None):
         Fitted on images.
     path : str or path-like
         The ``.xml`` file; the weights go to the ``.bin`` file of the same name.
-    precision : {"FP32", "FP16"}
-        Storage precision of the weights. FP16 halves the file; OpenVINO
-        computes in FP32 either way (:class:`skflow_ad.deploy.ExportedDetector`
-        asks for FP32 inference).
+    precision : {"FP32", "FP16", "INT8"}
+        ``"FP32"``: the detector's numbers. ``"FP16"``: weights stored in
+        16 bits (half the file), computed in FP32. ``"INT8"``: the extractor
+        quantized to 8-bit integers by NNCF on ``calibration_images`` (flow
+        and head in FP32; module doc), faster and not the same numbers.
+    calibration_images : image input or None
+        Required for ``"INT8"``, refused otherwise: normal images (the
+        training images, or a few hundred of them), any input the detector
+        accepts, resized to the working size as for prediction.
     opset : int or None
         ONNX opset of the intermediate model.
 
@@ -272,26 +302,91 @@ def export_openvino(detector, path, *, precision="FP32", opset=None):
     Raises
     ------
     NotFittedError, ValueError, ImportError
-        As :func:`export_onnx`; ``ImportError`` also when ``openvino`` is missing.
+        As :func:`export_onnx`; ``ValueError`` also for a bad ``precision``
+        or calibration input, ``ImportError`` when ``openvino`` (or, for
+        INT8, ``nncf``) is missing.
     """
-    path = _checked_openvino_destination(path, precision)
+    path = _checked_openvino_destination(path, precision, calibration_images)
     _check_exportable(detector, "export_openvino")
+    calibration = _checked_calibration(calibration_images, detector.n_channels_, type(detector).__name__)
     _require("openvino", "export_openvino")
     with tempfile.TemporaryDirectory() as directory:
         onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset)
-        return onnx_to_openvino(onnx_path, path, precision=precision)
+        return _convert_to_openvino(onnx_path, path, precision, calibration)
 
 
-def _checked_openvino_destination(path, precision):
+def _checked_openvino_destination(path, precision, calibration_images):
     if precision not in OPENVINO_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, OPENVINO_PRECISIONS))}; got {precision!r}.")
+    if precision == "INT8" and calibration_images is None:
+        raise ValueError(
+            "precision='INT8' needs calibration_images: normal images (e.g. the training images) on which NNCF "
+            "measures the ranges of the extractor's activations."
+        )
+    if precision != "INT8" and calibration_images is not None:
+        raise ValueError(f"calibration_images are used by precision='INT8' only; got precision={precision!r}.")
     path = Path(os.fspath(path))
     if path.suffix != ".xml":
         raise ValueError(f"OpenVINO IR is an .xml file (weights in the .bin beside it); got {str(path)!r}.")
+    if precision == "INT8":
+        _require("nncf", "precision='INT8'")
     return path
 
 
-def onnx_to_openvino(onnx_path, path, *, precision="FP32"):
+def _checked_calibration(calibration_images, n_channels, model_name):
+    """The calibration images as an ImageSet (validated as prediction input), or None."""
+    if calibration_images is None:
+        return None
+    return check_fitted_images(calibration_images, n_channels, model_name, name="calibration_images")
+
+
+def unquantized_node_names(model_proto, scope=INT8_SCOPE):
+    """Names of the nodes of an exported ONNX model outside the module ``scope`` (what INT8 leaves in FP32).
+
+    Parameters
+    ----------
+    model_proto : onnx.ModelProto
+        A model written by :func:`export_onnx` (its nodes carry PyTorch's
+        name scopes in their metadata).
+    scope : str
+        Module path in the exported graph, e.g. ``"network.extractor"``.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    skflow_ad.ModelFileError
+        When the nodes carry no name scopes (a model not written by :func:`export_onnx`).
+    """
+    from .persistence import ModelFileError
+
+    outside, n_inside = [], 0
+    for node in model_proto.graph.node:
+        text = next((prop.value for prop in node.metadata_props if prop.key == NAME_SCOPES_KEY), None)
+        if text is None:
+            outside.append(node.name)
+            continue
+        scopes = ast.literal_eval(text)
+        if scope in scopes:
+            n_inside += 1
+        else:
+            outside.append(node.name)
+    if n_inside == 0:
+        raise ModelFileError(
+            f"no node of this ONNX model belongs to {scope!r} (PyTorch's name scopes are missing): INT8 needs a "
+            f"model written by export_onnx of this skflow_ad; export the detector again."
+        )
+    return outside
+
+
+def _calibration_dataset(nncf, images, image_size):
+    """An ``nncf.Dataset`` of single uint8 images ``(1, H, W, C)`` at the working size."""
+    return nncf.Dataset([as_graph_input(batch) for _, batch in images.batches(1, image_size)])
+
+
+def onnx_to_openvino(onnx_path, path, *, precision="FP32", calibration_images=None):
     """Convert a model written by :func:`export_onnx` to OpenVINO IR, metadata included.
 
     Parameters
@@ -300,8 +395,10 @@ def onnx_to_openvino(onnx_path, path, *, precision="FP32"):
         The ``.onnx`` file.
     path : str or path-like
         The ``.xml`` file; the weights go to the ``.bin`` file of the same name.
-    precision : {"FP32", "FP16"}
-        Storage precision of the weights.
+    precision : {"FP32", "FP16", "INT8"}
+        As :func:`export_openvino`.
+    calibration_images : image input or None
+        Required for ``"INT8"``, as :func:`export_openvino`.
 
     Returns
     -------
@@ -313,16 +410,41 @@ def onnx_to_openvino(onnx_path, path, *, precision="FP32"):
     skflow_ad.ModelFileError
         When ``onnx_path`` is not a model exported by skflow_ad.
     """
-    path = _checked_openvino_destination(path, precision)
+    path = _checked_openvino_destination(path, precision, calibration_images)
     onnx = _require("onnx", "onnx_to_openvino")
-    openvino = _require("openvino", "onnx_to_openvino")
+    _require("openvino", "onnx_to_openvino")
     model_proto = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    props = {prop.key: prop.value for prop in model_proto.metadata_props}
-    metadata = read_metadata(props.get(METADATA_KEY), onnx_path)
+    metadata = read_metadata(_onnx_metadata_text(model_proto), onnx_path)
+    calibration = _checked_calibration(calibration_images, int(metadata["n_channels_"]), metadata["detector"])
+    return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto)
+
+
+def _onnx_metadata_text(model_proto):
+    return next((prop.value for prop in model_proto.metadata_props if prop.key == METADATA_KEY), None)
+
+
+def _convert_to_openvino(onnx_path, path, precision, calibration, model_proto=None):
+    """IR at ``path`` from the ONNX model (its proto, when already read); ``calibration`` (an ImageSet) for INT8."""
+    openvino = _require("openvino", "onnx_to_openvino")
+    if model_proto is None:
+        model_proto = _require("onnx", "onnx_to_openvino").load(os.fspath(onnx_path), load_external_data=False)
+    metadata = read_metadata(_onnx_metadata_text(model_proto), onnx_path)
+    unquantized = unquantized_node_names(model_proto) if precision == "INT8" else None
     del model_proto
     metadata["openvino_precision"] = precision
-    metadata["versions"]["openvino"] = _package_version("openvino")
+    for name in ("openvino", "nncf"):
+        metadata["versions"][name] = _package_version(name)
     model = openvino.convert_model(os.fspath(onnx_path))
+    if precision == "INT8":
+        nncf = _require("nncf", "precision='INT8'")
+        image_size = tuple(int(v) for v in metadata["image_size_"])
+        # OpenVINO names an ONNX node's operations after it, some with a "/suffix".
+        ignored = nncf.IgnoredScope(patterns=[re.escape(name) + "(/.*)?" for name in unquantized], validate=False)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            model = nncf.quantize(model, _calibration_dataset(nncf, calibration, image_size),
+                                  subset_size=len(calibration), ignored_scope=ignored)
+        metadata["int8"] = {"quantized": INT8_SCOPE, "calibration_images": len(calibration)}
     model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
     openvino.save_model(model, os.fspath(path), compress_to_fp16=precision == "FP16")
     return path
