@@ -4,7 +4,11 @@ Compares, in one process and one run, on the same random images and the same
 configuration:
 
 * training wall time per epoch (U-Flow/resnet18 and CS-Flow),
-* inference throughput (image score + anomaly map),
+* inference throughput (image score + anomaly map): our eager path (two
+  calls, one pass, compiled, channels-last weights, bfloat16 autocast) and
+  our exported model (ONNX Runtime; OpenVINO FP32, FP16 weights, INT8
+  extractor calibrated on other random images), with each variant's largest
+  score and map difference to the eager one pass,
 * the NFA mask of U-Flow on the same latents,
 * peak memory of ``predict`` on two numbers of images (in subprocesses).
 
@@ -231,6 +235,78 @@ def compiled_copy(det, images):
     return compiled, timed(lambda: compiled.score_samples_and_anomaly_map(images[: det.batch_size]))[0]
 
 
+class TorchVariant:
+    """``score_samples_and_anomaly_map`` of a copy of ``det`` run with channels-last weights or bfloat16 autocast.
+
+    Both are tried on the eager path without being options of the detectors:
+    the benchmark says whether they pay (issue 10 keeps only what does).
+    """
+
+    def __init__(self, det, kind):
+        import pickle
+
+        self.det = pickle.loads(pickle.dumps(det))
+        self.kind = kind
+        if kind == "channels-last":
+            self.det._inference_network().to(memory_format=torch.channels_last)
+
+    def score_samples_and_anomaly_map(self, images):
+        if self.kind == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.det.score_samples_and_anomaly_map(images)
+        return self.det.score_samples_and_anomaly_map(images)
+
+
+#: Our inference variants: (label in the table, what ``--variants`` calls it).
+OUR_VARIANTS = {
+    "two-calls": "score_samples + anomaly_map",
+    "one-pass": "score_samples_and_anomaly_map",
+    "compiled": "score_samples_and_anomaly_map, compile_inference=True",
+    "channels-last": "the same, channels-last weights",
+    "bf16": "the same, bfloat16 autocast",
+    "onnxruntime": "exported, ONNX Runtime",
+    "openvino-fp32": "exported, OpenVINO FP32",
+    "openvino-fp16": "exported, OpenVINO FP16 weights",
+    "openvino-int8": "exported, OpenVINO INT8 extractor",
+}
+
+
+def our_runners(det, names, calibration, directory, threads):
+    """``{variant: object with score_samples_and_anomaly_map}`` and the one-off costs (s) of building them."""
+    from skflow_ad.deploy import ExportedDetector
+    from skflow_ad.export import onnx_to_openvino
+
+    runners, costs = {}, {}
+    onnx_path = None
+    for name in names:
+        if name in ("two-calls", "one-pass"):
+            runners[name] = det
+        elif name == "compiled":
+            runners[name], costs["compile_inference first call"] = compiled_copy(det, calibration)
+        elif name in ("channels-last", "bf16"):
+            runners[name] = TorchVariant(det, name)
+        else:
+            if onnx_path is None:
+                costs["export_onnx"], onnx_path = timed(lambda: det.export_onnx(directory / "model.onnx"))
+            if name == "onnxruntime":
+                runners[name] = ExportedDetector(onnx_path, threads=threads)
+                continue
+            precision = name.split("-")[1].upper()
+            options = {"calibration_images": calibration} if precision == "INT8" else {}
+            costs[f"onnx_to_openvino {precision}"], xml = timed(
+                lambda: onnx_to_openvino(onnx_path, directory / f"model_{precision}.xml", precision=precision,
+                                         **options))
+            runners[name] = ExportedDetector(xml, "openvino", threads=threads)
+    return runners, costs
+
+
+def agreement(expected, got):
+    """Largest relative score difference and largest absolute map difference to ``expected``."""
+    (scores, maps), (got_scores, got_maps) = expected, got
+    return (float(np.max(np.abs(got_scores - scores) / np.abs(scores))),
+            float(np.max(np.abs(np.asarray(got_maps, np.float64) - maps))))
+
+
 # --------------------------------------------------------------- sections
 def bench_training(method, args, images, rows):
     epochs = args.epochs
@@ -261,27 +337,42 @@ def bench_training(method, args, images, rows):
     return det, ref_model
 
 
-def bench_inference(method, det, ref_model, args, images, rows):
+def bench_inference(method, det, ref_model, args, images, calibration, rows):
+    import tempfile
+    from pathlib import Path
+
     print(f"\n[{method}] inference on {len(images)} images", flush=True)
-    compiled, compile_time = compiled_copy(det, images)
-    print(f"  compile_inference=True: first call (compilation) {compile_time:.1f}s", flush=True)
-    variants = {"two calls": lambda: our_infer_two_calls(det, images),
-                "one pass": lambda: our_infer_one_pass(det, images),
-                "one pass, compiled": lambda: our_infer_one_pass(compiled, images)}
-    times = {name: [] for name in variants}
-    refs = []
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            times[name].append(run())
-        refs.append(ref_infer(ref_model, images, args.batch_size))
-        print("  " + ", ".join(f"ours {name} {len(images) / t[-1]:.2f} img/s" for name, t in times.items())
-              + f", reference {len(images) / refs[-1]:.2f} img/s", flush=True)
+    variants = [name for name in args.variants if not (method == "csflow" and name == "compiled" and
+                                                       not args.csflow_compiled)]
+    with tempfile.TemporaryDirectory() as directory:
+        runners, costs = our_runners(det, variants, calibration, Path(directory), args.threads)
+        for name, seconds in costs.items():
+            print(f"  {name}: {seconds:.1f}s", flush=True)
+        reference_outputs = det.score_samples_and_anomaly_map(images)
+        differences = {}
+        for name, runner in runners.items():  # warm-up, and how close each variant is to the eager one pass
+            if name != "two-calls":
+                differences[name] = agreement(reference_outputs, runner.score_samples_and_anomaly_map(images))
+        times = {name: [] for name in runners}
+        refs = []
+        for _ in range(args.repeats):
+            for name, runner in runners.items():
+                if name == "two-calls":
+                    times[name].append(our_infer_two_calls(runner, images))
+                else:
+                    times[name].append(our_infer_one_pass(runner, images))
+            refs.append(ref_infer(ref_model, images, args.batch_size))
+            print("  " + ", ".join(f"ours {name} {len(images) / t[-1]:.2f} img/s" for name, t in times.items())
+                  + f", reference {len(images) / refs[-1]:.2f} img/s", flush=True)
     n = len(images)
-    labels = {"two calls": "score_samples + anomaly_map", "one pass": "score_samples_and_anomaly_map",
-              "one pass, compiled": "score_samples_and_anomaly_map, compile_inference=True"}
+    print(f"  largest differences to the eager one pass (score relative, map absolute; map max "
+          f"{float(np.max(reference_outputs[1])):.3g}):", flush=True)
+    for name, (score_diff, map_diff) in differences.items():
+        print(f"    {name}: {score_diff:.2e}, {map_diff:.2e}", flush=True)
     for name, t in times.items():
-        rows.append((f"{method} inference (img/s): {labels[name]}", n / median(t), n / median(refs)))
-    rows.append((f"{method} compile_inference first call (s), ours only", compile_time, float("nan")))
+        rows.append((f"{method} inference (img/s): {OUR_VARIANTS[name]}", n / median(t), n / median(refs)))
+    for name, seconds in costs.items():
+        rows.append((f"{method} {name} (s), ours only", seconds, float("nan")))
 
 
 def bench_nfa(det, args, images, rows):
@@ -422,6 +513,12 @@ def parse_args(argv=None):
     p.add_argument("--csflow-hidden", type=int, default=1024,
                    help="CS-Flow cross-convolution hidden channels (the issue: 1024)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; medians are reported")
+    p.add_argument("--variants", nargs="+", default=list(OUR_VARIANTS), choices=list(OUR_VARIANTS),
+                   help="our inference variants to time next to the reference")
+    p.add_argument("--csflow-compiled", action="store_true",
+                   help="time compile_inference for CS-Flow too (8 minutes of compilation on a 2-core CPU)")
+    p.add_argument("--calibration-images", type=int, default=32,
+                   help="normal images the INT8 variant is calibrated on")
     p.add_argument("--nfa-images", type=int, default=16, help="images whose latents the NFA mask is computed on")
     p.add_argument("--memory-images", type=int, nargs=2, default=[500, 2000], help="two predict sizes to compare")
     p.add_argument("--memory-fit-images", type=int, default=16, help="images the memory runs fit on (1 epoch)")
@@ -456,7 +553,8 @@ def main(argv=None):
                                                                                               args.csflow_hidden)
             infer_images = make_images(args.infer_images, args.image_size, seed=3)
             if "infer" in args.sections:
-                bench_inference(method, det, ref_model, args, infer_images, rows)
+                calibration = make_images(args.calibration_images, args.image_size, seed=4)
+                bench_inference(method, det, ref_model, args, infer_images, calibration, rows)
             if "nfa" in args.sections and method == "uflow":
                 bench_nfa(det, args, infer_images, rows)
         if "memory" in args.sections:

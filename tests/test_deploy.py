@@ -354,7 +354,7 @@ def test_int8_leaves_the_flow_and_head_in_fp32(uflow_case):
     path = uflow_case[1]
     model = onnx.load(str(path), load_external_data=False)
     outside = set(unquantized_node_names(model))
-    scopes = {node.name: next(p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+    scopes = {node.name: next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
               for node in model.graph.node}
     assert outside and len(outside) < len(scopes)
     assert all("'network.extractor'" not in scopes[name] for name in outside)
