@@ -18,6 +18,15 @@ is fixed at fit time because the pixel threshold is learned on its maps).
 
 Pixel metrics are computed at the working resolution ``--image-size`` (the
 masks are resized with nearest-neighbour interpolation).
+
+``--runtimes`` scores the same fitted detector again on other inference paths
+and reports their metrics next to the eager torch row: ``bf16`` (bfloat16
+autocast of the eager path), ``onnxruntime`` (the ``export_onnx`` model),
+``openvino-fp32``, ``openvino-fp16`` (FP16 weights) and ``openvino-int8``
+(NNCF's INT8 extractor, calibrated on the training images), e.g.::
+
+    python benchmarks/ksdd.py --detectors uflow --runtimes bf16 onnxruntime openvino-fp32 \
+        openvino-fp16 openvino-int8
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ksdd"
 BACKBONES = {"uflow": "resnet18", "csflow": "tf_efficientnet_b5.aa_in1k"}  # = features.CSFLOW_BACKBONE
+#: ``--runtimes`` choices: the variants of benchmarks/compare_anomalib.py that change the numbers or the runtime.
+RUNTIME_VARIANTS = ["bf16", "onnxruntime", "openvino-fp32", "openvino-fp16", "openvino-int8"]
 
 
 def parse_args(argv=None):
@@ -48,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--detectors", nargs="+", choices=["uflow", "csflow"], default=["uflow", "csflow"])
     p.add_argument("--pretrained", default="no", help="no | yes | PATH (file or folder of <backbone>.pth)")
     p.add_argument("--uflow-lr", type=float, default=1e-3, help="U-Flow learning rate (detector default 1e-3)")
+    p.add_argument("--uflow-feature-normalization", default=None,
+                   help="U-Flow feature_normalization (default: the detector's)")
     p.add_argument("--csflow-lr", type=float, default=2e-4,
                    help="CS-Flow learning rate (paper/detector default 2e-4)")
     p.add_argument("--csflow-hidden", type=int, default=128,
@@ -58,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-iter-no-change", type=int, default=10, help="early-stopping patience (epochs)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--runtimes", nargs="+", default=[], choices=RUNTIME_VARIANTS,
+                   help="also score the fitted detector on these inference paths (module doc)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -91,7 +106,10 @@ def make_detector(name, args, pretrained, map_mode="all"):
         epochs = args.uflow_epochs or args.epochs
         size = tuple(args.image_size)
         det = UFlowDetector("resnet18", image_size=size, max_epochs=epochs, learning_rate=args.uflow_lr, **common)
-        settings = f"resnet18 {size[0]}x{size[1]} ep<={epochs} lr={args.uflow_lr:g} steps=4"
+        if args.uflow_feature_normalization:
+            det.set_params(feature_normalization=args.uflow_feature_normalization)
+        settings = (f"resnet18 {size[0]}x{size[1]} ep<={epochs} lr={args.uflow_lr:g} steps=4 "
+                    f"{det.feature_normalization}")
     else:
         epochs = args.csflow_epochs or args.epochs
         size = tuple(args.csflow_image_size or args.image_size)
@@ -107,8 +125,6 @@ def run_one(name, args, data_cache, map_mode="all"):
 
     from skflow_ad.datasets import load_mvtec_folder
     from skflow_ad.features import PretrainedWeightsError
-    from skflow_ad.metrics import aupro, image_auroc, pixel_auroc
-
     try:
         pretrained = resolve_pretrained(args.pretrained, name)
     except FileNotFoundError as exc:
@@ -135,21 +151,38 @@ def run_one(name, args, data_cache, map_mode="all"):
     print(f"[{name}] fit {fit_time:.1f} s, {det.n_iter_} epochs, flow {n_params / 1e6:.2f}M params, "
           f"best NLL/dim {det.best_loss_:.4f}, loss curve {np.round(det.loss_curve_, 4).tolist()}", flush=True)
 
-    t = time.perf_counter()
-    scores, maps = det.score_samples_and_anomaly_map(data.X_test)
-    scores = -scores
-    predict_time = time.perf_counter() - t
-    n_test = len(data.X_test)
-    result = dict(
-        detector=name, settings=settings, epochs=det.n_iter_,
-        image_auroc=image_auroc(data.y_test, scores),
-        pixel_auroc=pixel_auroc(data.masks_test, maps),
-        aupro=aupro(data.masks_test, maps),
-        fit_time=fit_time, predict_time=predict_time, ips=n_test / predict_time, n_test=n_test,
-    )
+    result = dict(detector=name, settings=settings, epochs=det.n_iter_, fit_time=fit_time,
+                  **evaluate(det, data))
     print(f"[{name}] done: image AUROC {result['image_auroc']:.3f}, pixel AUROC {result['pixel_auroc']:.3f}, "
-          f"AUPRO {result['aupro']:.3f}, predict {predict_time:.1f} s", flush=True)
-    return result
+          f"AUPRO {result['aupro']:.3f}, predict {result['predict_time']:.1f} s", flush=True)
+    results = [result]
+    if args.runtimes:
+        import tempfile
+
+        from compare_anomalib import our_runners
+
+        with tempfile.TemporaryDirectory() as directory:
+            runners, costs = our_runners(det, args.runtimes, data.X_train, Path(directory), args.threads)
+            print(f"[{name}] " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in costs.items()), flush=True)
+            for runtime, runner in runners.items():
+                row = dict(result, detector=f"{name} ({runtime})", **evaluate(runner, data))
+                print(f"[{name}] {runtime}: image AUROC {row['image_auroc']:.3f}, pixel AUROC "
+                      f"{row['pixel_auroc']:.3f}, AUPRO {row['aupro']:.3f}, predict {row['predict_time']:.1f} s",
+                      flush=True)
+                results.append(row)
+    return results
+
+
+def evaluate(model, data):
+    """Image AUROC, pixel AUROC, AUPRO and predict time of ``model.score_samples_and_anomaly_map`` on the test set."""
+    from skflow_ad.metrics import aupro, image_auroc, pixel_auroc
+
+    started = time.perf_counter()
+    scores, maps = model.score_samples_and_anomaly_map(data.X_test)
+    predict_time = time.perf_counter() - started
+    return dict(image_auroc=image_auroc(data.y_test, -scores), pixel_auroc=pixel_auroc(data.masks_test, maps),
+                aupro=aupro(data.masks_test, maps), predict_time=predict_time,
+                ips=len(data.X_test) / predict_time, n_test=len(data.X_test))
 
 
 def format_table(rows):
@@ -191,9 +224,7 @@ def main(argv=None):
     rows, cache = [], {}
     for name in args.detectors:
         for map_mode in (args.csflow_map_modes if name == "csflow" else ["all"]):
-            result = run_one(name, args, cache, map_mode)
-            if result is not None:
-                rows.append(result)
+            rows += run_one(name, args, cache, map_mode) or []
     print()
     print(f"KolektorSDD ({data_root}), pretrained={args.pretrained}, seed={args.seed}, "
           f"predict = score_samples_and_anomaly_map (one pass) on {rows[0]['n_test'] if rows else '?'} test images")

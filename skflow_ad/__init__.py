@@ -34,10 +34,24 @@ _LAZY = {
 }
 
 
+#: Packages of the ``torch`` extra, whose absence the lazy imports explain.
+TORCH_EXTRA = ("torch", "timm", "FrEIA", "safetensors")
+
+
 def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name], __name__), name)
+    try:
+        module = import_module(_LAZY[name], __name__)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TORCH_EXTRA:
+            raise
+        raise ModuleNotFoundError(
+            f"skflow_ad.{name} needs {error.name!r}, which is not installed: pip install \"skflow-ad[torch]\" "
+            f"(a deployment install, skflow-ad[deploy], runs exported models with skflow_ad.ExportedDetector).",
+            name=error.name,
+        ) from error
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

@@ -59,17 +59,13 @@ from . import __version__
 from ._validation import IMAGES
 from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, read_image, stack_images
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
-from .features import PretrainedWeightsError
 from .conventions import labels_from_decision
 from .deploy import OPENVINO_PRECISIONS, RUNTIMES, ExportedDetector
-from .export import onnx_to_openvino
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
 from .persistence import ModelFileError, atomic_destination, file_kind, load_model
 from .prediction import MASK_METHODS
 from .regions import RECORD_FIELDS, regions_to_records
 from .plotting import colorize
-from .trainer import resolve_device
-from .uflow import UFlowDetector
 
 PROG = "skflow-ad"
 
@@ -111,7 +107,33 @@ EXPORT_FORMATS = ("onnx", "openvino")
 #: Exit status of ``score`` when some images could not be read (the others are scored).
 EXIT_SOME_IMAGES_FAILED = 3
 
-_UFLOW_DEFAULTS = UFlowDetector().get_params(deep=False)
+#: What ``fit --help`` says of a default it cannot read (torch, and so the detectors, not installed).
+UNKNOWN_DEFAULT = "the detector's"
+
+
+def _onnx_to_openvino():
+    """:func:`skflow_ad.export.onnx_to_openvino`; without torch a CommandError saying how to install it."""
+    try:
+        return importlib.import_module(".export", __package__).onnx_to_openvino
+    except ImportError as error:
+        raise CommandError(f"export needs torch ({_one_line(error)}): pip install \"skflow-ad[torch,export]\".") from error
+
+
+def _torch_modules(purpose):
+    """``(features, trainer)`` modules; without torch a CommandError saying how to install it."""
+    try:
+        return importlib.import_module(".features", __package__), importlib.import_module(".trainer", __package__)
+    except ImportError as error:
+        raise CommandError(f"{purpose} needs torch ({_one_line(error)}): pip install \"skflow-ad[torch]\".") from error
+
+
+def _uflow_defaults():
+    """U-Flow's default parameters for ``fit --help``; placeholders where torch is not installed."""
+    try:
+        from .uflow import UFlowDetector
+    except ImportError:  # a deployment install: score and export of exported models still work
+        return {name: UNKNOWN_DEFAULT for name in ("backbone", "max_epochs", "batch_size", "device")}
+    return UFlowDetector().get_params(deep=False)
 
 
 class CommandError(Exception):
@@ -248,7 +270,7 @@ def build_parser():
 
 
 def _add_fit_parser(commands):
-    defaults = _UFLOW_DEFAULTS
+    defaults = _uflow_defaults()
     fit = commands.add_parser(
         "fit",
         help="fit a detector on a folder of normal images and save it",
@@ -405,6 +427,7 @@ def _add_export_parser(commands):
             "examples:\n"
             f"  {PROG} export model.skad -o model.onnx\n"
             f"  {PROG} export model.skad -o model.xml --precision FP16\n"
+            f"  {PROG} export model.skad -o model.xml --precision INT8 --calibration train_images/\n"
             f"  {PROG} export model.onnx -o model.xml"
         ),
         formatter_class=_HelpFormatter,
@@ -417,7 +440,12 @@ def _add_export_parser(commands):
     export.add_argument("--format", choices=EXPORT_FORMATS,
                         help="onnx or openvino (default: openvino for an .xml output, else onnx)")
     export.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="FP32",
-                        help="storage precision of OpenVINO IR weights; inference runs in FP32 (default: FP32)")
+                        help="OpenVINO IR precision: FP32 (the detector's numbers), FP16 (weights stored in 16 bits, "
+                        "computed in FP32) or INT8 (the feature extractor quantized by NNCF on --calibration "
+                        "images: faster, not the same numbers; check it on your data) (default: FP32)")
+    export.add_argument("--calibration", metavar="DATA",
+                        help="for --precision INT8: a folder of normal images (searched recursively), or an "
+                        "MVTec-AD category root whose train/good/ images are used")
     export.add_argument("--allow-pickle", action="store_true",
                         help="also load joblib/pickle model files; unpickling runs the code the file contains: pass it "
                         "only for files from a trusted source (default: refuse pickles)")
@@ -550,7 +578,8 @@ def _make_detector(detector_class, params):
     pretrained = detector.get_params(deep=False).get("pretrained")
     if isinstance(pretrained, (str, os.PathLike)) and not Path(pretrained).exists():
         raise CommandError(f"pretrained weights {pretrained} do not exist.")
-    resolve_device(detector.device)  # an unavailable device fails now, not after loading the images
+    _, trainer = _torch_modules("fit")
+    trainer.resolve_device(detector.device)  # an unavailable device fails now, not after loading the images
     return detector
 
 
@@ -584,6 +613,7 @@ def _save_model(detector, path):
 
 
 def _run_fit(args):
+    features, _ = _torch_modules("fit")
     detector_class = _detector_class(args.detector)
     detector = _make_detector(detector_class, _fit_parameters(args, detector_class))
     paths = _training_image_paths(Path(args.data))
@@ -598,7 +628,7 @@ def _run_fit(args):
     try:
         with _hub_downloads_off() if offline else contextlib.nullcontext():
             detector.fit(images)
-    except PretrainedWeightsError as error:
+    except features.PretrainedWeightsError as error:
         if offline:
             where = f"{hub} does not answer and they are not in the local cache"
         else:
@@ -724,6 +754,11 @@ def _load_model(path, allow_pickle, runtime=None):
         model = load_model(path, allow_pickle=allow_pickle)
     except ModelFileError as error:
         raise CommandError(_one_line(error)) from error
+    except ImportError as error:  # a detector file needs torch; an exported model does not
+        raise CommandError(
+            f"{path} is a detector file, which needs torch ({_one_line(error)}): pip install \"skflow-ad[torch]\", "
+            f"or export it on a machine with torch ('{PROG} export MODEL -o model.onnx') and score the .onnx file."
+        ) from error
     if model.input_kind_ != IMAGES:
         raise CommandError(f"the detector in {path} was fitted on feature vectors, not images.")
     return model
@@ -795,6 +830,13 @@ def _evaluate(labels, anomaly_scores, ground_truth, maps):
     return metrics, notes
 
 
+def _calibration_paths(args):
+    """The ``--calibration`` image paths (read by the export in the model's colour mode), or None."""
+    if (args.calibration is None) != (args.precision != "INT8"):
+        raise UsageError("--calibration DATA goes with --precision INT8, and only with it.")
+    return None if args.calibration is None else _training_image_paths(Path(args.calibration))
+
+
 def _run_export(args):
     source, output = Path(args.model), Path(args.output)
     fmt = args.format or ("openvino" if output.suffix.lower() == ".xml" else "onnx")
@@ -804,11 +846,13 @@ def _run_export(args):
         if fmt != "openvino":
             raise UsageError(f"{source} is already an ONNX model; export converts it to OpenVINO IR only "
                              f"(-o MODEL.xml).")
-        written = onnx_to_openvino(source, output, precision=args.precision)
+        written = _onnx_to_openvino()(source, output, precision=args.precision,
+                                      calibration_images=_calibration_paths(args))
     else:
         model = _load_model(source, args.allow_pickle)
         if fmt == "openvino":
-            written = model.export_openvino(output, precision=args.precision)
+            written = model.export_openvino(output, precision=args.precision,
+                                            calibration_images=_calibration_paths(args))
         else:
             if output.suffix.lower() == ".xml":
                 raise UsageError("an ONNX model cannot be written to an .xml file; use -o MODEL.onnx or "

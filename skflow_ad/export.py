@@ -54,8 +54,9 @@ import ast
 import contextlib
 import io
 import json
-import re
+import logging
 import os
+import re
 import tempfile
 import warnings
 from importlib import import_module
@@ -381,6 +382,21 @@ def unquantized_node_names(model_proto, scope=INT8_SCOPE):
     return outside
 
 
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF's log lines (one per node it leaves alone), progress bars and warnings are not the user's business."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _calibration_dataset(nncf, images, image_size):
     """An ``nncf.Dataset`` of single uint8 images ``(1, H, W, C)`` at the working size."""
     return nncf.Dataset([as_graph_input(batch) for _, batch in images.batches(1, image_size)])
@@ -440,8 +456,7 @@ def _convert_to_openvino(onnx_path, path, precision, calibration, model_proto=No
         image_size = tuple(int(v) for v in metadata["image_size_"])
         # OpenVINO names an ONNX node's operations after it, some with a "/suffix".
         ignored = nncf.IgnoredScope(patterns=[re.escape(name) + "(/.*)?" for name in unquantized], validate=False)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet_nncf():
             model = nncf.quantize(model, _calibration_dataset(nncf, calibration, image_size),
                                   subset_size=len(calibration), ignored_scope=ignored)
         metadata["int8"] = {"quantized": INT8_SCOPE, "calibration_images": len(calibration)}

@@ -24,6 +24,9 @@ from skflow_ad import UFlowDetector, cli
 from skflow_ad.cli import _key_value, build_parser, main
 from skflow_ad.plotting import colorize
 from skflow_ad.datasets import load_images, make_surface_train_test
+from torch_free import BLOCK_TORCH
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST_OPTIONS = ["--epochs", "1", "--image-size", "32", "--pretrained", "no", "--backbone", "resnet18",
                 "--batch-size", "4", "--seed", "0", "--quiet"]
@@ -620,3 +623,52 @@ def test_export_and_exported_model_errors(mvtec_root, model_path, exported_path,
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     assert main(["export", str(model_path), "-o", str(tmp_path / "model.onnx")]) == 1
     assert 'pip install "skflow-ad[export]"' in _one_error_line(capsys.readouterr().err)
+
+
+def test_export_int8_needs_calibration_images_and_scores_like_the_detector(mvtec_root, model_path, tmp_path,
+                                                                             capsys):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    xml = tmp_path / "int8.xml"
+    assert main(["export", str(model_path), "-o", str(xml), "--precision", "INT8"]) == 2
+    assert "--calibration DATA goes with --precision INT8, and only with it" in capsys.readouterr().err
+    assert main(["export", str(model_path), "-o", str(xml), "--calibration", str(mvtec_root)]) == 2
+    assert "--calibration DATA goes with --precision INT8" in capsys.readouterr().err
+    assert not xml.exists()
+    assert main(["export", str(model_path), "-o", str(xml), "--precision", "INT8", "--calibration",
+                 str(mvtec_root)]) == 0
+    exported = skflow_ad.ExportedDetector(xml, "openvino")
+    assert exported.metadata_["int8"]["calibration_images"] == 12  # train/good of the MVTec root
+    assert main(["score", str(xml), str(mvtec_root), "-o", str(tmp_path / "int8"), "--quiet"]) == 0
+    assert main(["score", str(model_path), str(mvtec_root), "-o", str(tmp_path / "torch"), "--quiet"]) == 0
+    got, expected = (_scores_of(_read_csv(tmp_path / name / "scores.csv")) for name in ("int8", "torch"))
+    assert got.shape == expected.shape and np.all(np.isfinite(got))
+    assert np.corrcoef(got, expected)[0, 1] > 0.5  # quantized, so not the same numbers: the same ordering trend
+
+
+def test_score_with_an_exported_model_runs_where_torch_cannot_be_imported(mvtec_root, exported_path, model_path,
+                                                                           tmp_path):
+    code = BLOCK_TORCH + """
+from skflow_ad.cli import main
+status = main(sys.argv[1:])
+gone = sorted({name.split(".")[0] for name in sys.modules if name.split(".")[0] in ("torch", "timm")})
+print(json.dumps({"status": status, "imported": gone}))
+"""
+    def run(*args):
+        result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                                cwd=ROOT, timeout=300)
+        return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+    got, stderr = run("score", exported_path, mvtec_root, "-o", tmp_path / "no_torch", "--quiet", "--masks")
+    assert got == {"status": 0, "imported": []}, stderr
+    assert main(["score", str(exported_path), str(mvtec_root), "-o", str(tmp_path / "torch"), "--quiet"]) == 0
+    np.testing.assert_allclose(_scores_of(_read_csv(tmp_path / "no_torch" / "scores.csv")),
+                               _scores_of(_read_csv(tmp_path / "torch" / "scores.csv")), rtol=1e-6)
+    # What needs torch says so, and how to install it.
+    got, stderr = run("score", model_path, mvtec_root, "-o", tmp_path / "skad")
+    assert got["status"] == 1 and 'is a detector file, which needs torch' in stderr
+    assert 'pip install "skflow-ad[torch]"' in stderr and "score the .onnx file" in stderr
+    got, stderr = run("fit", mvtec_root, "-o", tmp_path / "model.skad", "--pretrained", "no")
+    assert got["status"] == 1 and 'fit needs torch' in stderr and 'pip install "skflow-ad[torch]"' in stderr
+    got, stderr = run("fit", "--help")
+    assert got["status"] == 0

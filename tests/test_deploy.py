@@ -1,6 +1,7 @@
 """Exported graphs (skflow_ad.export) predict what the detectors predict (skflow_ad.deploy.ExportedDetector)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skflow_ad import CSFlowDetector, ModelFileError, UFlowDetector
 from skflow_ad.deploy import FORMAT_NAME, METADATA_KEY, ExportedDetector, output_names
 from skflow_ad.nfa import chi2_threshold
+from torch_free import BLOCK_TORCH
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -212,26 +214,7 @@ def test_files_that_are_not_exports_are_refused(uflow_case, tmp_path, monkeypatc
         ExportedDetector(path)
 
 
-TORCH_FREE = """
-import json, sys
-
-
-class NotInstalled:
-    # import hook: torch and timm behave as if they were not installed
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
-try:
-    import torch
-except ModuleNotFoundError:
-    pass
-else:
-    raise AssertionError("torch should not be importable here")
+TORCH_FREE = BLOCK_TORCH + """
 import numpy as np
 from skflow_ad.deploy import ExportedDetector
 images = [np.asarray(image, dtype=np.uint8) for image in json.loads(sys.argv[2])]
@@ -364,3 +347,34 @@ def test_int8_leaves_the_flow_and_head_in_fp32(uflow_case):
         del node.metadata_props[:]
     with pytest.raises(ModelFileError, match="INT8 needs a model written by export_onnx"):
         unquantized_node_names(model)
+
+
+def test_torch_based_names_say_how_to_install_torch_where_it_is_missing():
+    code = BLOCK_TORCH + """
+import skflow_ad
+from skflow_ad import ExportedDetector, metrics, nfa  # the deployment API imports without torch
+try:
+    skflow_ad.UFlowDetector
+except ModuleNotFoundError as error:
+    print(json.dumps({"message": str(error), "name": error.name}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["name"] == "torch"
+    assert got["message"].startswith("skflow_ad.UFlowDetector needs 'torch', which is not installed: "
+                                     'pip install "skflow-ad[torch]"')
+
+
+def test_a_deployment_install_brings_no_torch():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+    torch_stack = {"torch", "torchvision", "timm", "freia", "safetensors"}
+    extras = project["optional-dependencies"]
+    assert not names(project["dependencies"]) & torch_stack
+    assert names(extras["deploy"]) == {"onnxruntime"}
+    assert {"torch", "timm", "freia", "safetensors"} <= names(extras["torch"])
