@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import contextlib
 import csv
 import importlib
@@ -132,7 +133,7 @@ def _uflow_defaults():
     try:
         from .uflow import UFlowDetector
     except ImportError:  # a deployment install: score and export of exported models still work
-        return {name: UNKNOWN_DEFAULT for name in ("backbone", "max_epochs", "batch_size", "device")}
+        return collections.defaultdict(lambda: UNKNOWN_DEFAULT)
     return UFlowDetector().get_params(deep=False)
 
 
@@ -445,7 +446,7 @@ def _add_export_parser(commands):
                         "images: faster, not the same numbers; check it on your data) (default: FP32)")
     export.add_argument("--calibration", metavar="DATA",
                         help="for --precision INT8: a folder of normal images (searched recursively), or an "
-                        "MVTec-AD category root whose train/good/ images are used")
+                        "MVTec-AD category root whose train/good/ images are used (default: none; required by INT8)")
     export.add_argument("--allow-pickle", action="store_true",
                         help="also load joblib/pickle model files; unpickling runs the code the file contains: pass it "
                         "only for files from a trusted source (default: refuse pickles)")

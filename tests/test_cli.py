@@ -24,7 +24,7 @@ from skflow_ad import UFlowDetector, cli
 from skflow_ad.cli import _key_value, build_parser, main
 from skflow_ad.plotting import colorize
 from skflow_ad.datasets import load_images, make_surface_train_test
-from torch_free import BLOCK_TORCH
+from .torch_free import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skflow_ad import CSFlowDetector, ModelFileError, UFlowDetector
 from skflow_ad.deploy import FORMAT_NAME, METADATA_KEY, ExportedDetector, output_names
 from skflow_ad.nfa import chi2_threshold
-from torch_free import BLOCK_TORCH
+from .torch_free import BLOCK_TORCH
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
