@@ -35,6 +35,7 @@ MODULES = (
     "skflow_ad.regions",
     "skflow_ad.deploy",
     "skflow_ad.export",
+    "skflow_ad.extras",
 )
 
 #: Public methods documented for classes (beyond ``__init__``'s signature).

@@ -2,6 +2,7 @@
 
 Detectors: :class:`UFlowDetector` (U-Flow) and :class:`CSFlowDetector` (CS-Flow).
 Submodules that need no torch (what a deployment machine runs): ``datasets``,
+``extras`` (the optional dependencies and their install commands),
 ``metrics``, ``model_selection``, ``nfa``, ``regions`` (connected defect
 regions of a mask), ``resample``, ``conventions`` and ``deploy``
 (:class:`ExportedDetector`, exported models on onnxruntime or OpenVINO, which
@@ -16,7 +17,7 @@ from importlib import import_module
 
 # Torch-free submodules are imported at once; the torch-based ones on first use
 # (PEP 562), so that the exported-model runtime works where torch is not installed.
-from . import conventions, datasets, deploy, metrics, model_selection, nfa, regions, resample
+from . import conventions, datasets, deploy, extras, metrics, model_selection, nfa, regions, resample
 from .deploy import ExportedDetector
 from .model_selection import NormalOnlyKFold, NormalOnlyShuffleSplit
 from .datasets import ImageFileLoader, load_images, load_mvtec_folder, make_surface_defects, make_surface_train_test
@@ -47,7 +48,7 @@ def __getattr__(name):
         if (error.name or "").split(".")[0] not in TORCH_EXTRA:
             raise
         raise ModuleNotFoundError(
-            f"skflow_ad.{name} needs {error.name!r}, which is not installed: pip install \"skflow-ad[torch]\" "
+            f"skflow_ad.{name} needs {error.name!r}, which is not installed: {extras.install_command('torch')} "
             f"(a deployment install, skflow-ad[deploy], runs exported models with skflow_ad.ExportedDetector).",
             name=error.name,
         ) from error
@@ -81,6 +82,7 @@ __all__ = [
     "score_partitions",
     "datasets",
     "deploy",
+    "extras",
     "metrics",
     "model_selection",
     "nfa",

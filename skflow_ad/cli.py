@@ -62,6 +62,7 @@ from .datasets.files import IMAGE_EXTENSIONS, find_image_files, is_image_file, r
 from .datasets.mvtec import find_mvtec_files, is_mvtec_root, read_mask
 from .conventions import labels_from_decision
 from .deploy import OPENVINO_PRECISIONS, RUNTIMES, ExportedDetector
+from .extras import install_command
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc
 from .persistence import ModelFileError, atomic_destination, file_kind, load_model
 from .prediction import MASK_METHODS
@@ -112,20 +113,12 @@ EXIT_SOME_IMAGES_FAILED = 3
 UNKNOWN_DEFAULT = "the detector's"
 
 
-def _onnx_to_openvino():
-    """:func:`skflow_ad.export.onnx_to_openvino`; without torch a CommandError saying how to install it."""
+def _torch_module(name, purpose, extras="torch"):
+    """The torch-based submodule ``skflow_ad.<name>``; without torch a CommandError saying how to install it."""
     try:
-        return importlib.import_module(".export", __package__).onnx_to_openvino
+        return importlib.import_module(f".{name}", __package__)
     except ImportError as error:
-        raise CommandError(f"export needs torch ({_one_line(error)}): pip install \"skflow-ad[torch,export]\".") from error
-
-
-def _torch_modules(purpose):
-    """``(features, trainer)`` modules; without torch a CommandError saying how to install it."""
-    try:
-        return importlib.import_module(".features", __package__), importlib.import_module(".trainer", __package__)
-    except ImportError as error:
-        raise CommandError(f"{purpose} needs torch ({_one_line(error)}): pip install \"skflow-ad[torch]\".") from error
+        raise CommandError(f"{purpose} needs torch ({_one_line(error)}): {install_command(extras)}.") from error
 
 
 def _uflow_defaults():
@@ -579,8 +572,7 @@ def _make_detector(detector_class, params):
     pretrained = detector.get_params(deep=False).get("pretrained")
     if isinstance(pretrained, (str, os.PathLike)) and not Path(pretrained).exists():
         raise CommandError(f"pretrained weights {pretrained} do not exist.")
-    _, trainer = _torch_modules("fit")
-    trainer.resolve_device(detector.device)  # an unavailable device fails now, not after loading the images
+    _torch_module("trainer", "fit").resolve_device(detector.device)  # an unavailable device fails now, not after loading the images
     return detector
 
 
@@ -614,7 +606,7 @@ def _save_model(detector, path):
 
 
 def _run_fit(args):
-    features, _ = _torch_modules("fit")
+    features = _torch_module("features", "fit")
     detector_class = _detector_class(args.detector)
     detector = _make_detector(detector_class, _fit_parameters(args, detector_class))
     paths = _training_image_paths(Path(args.data))
@@ -757,7 +749,7 @@ def _load_model(path, allow_pickle, runtime=None):
         raise CommandError(_one_line(error)) from error
     except ImportError as error:  # a detector file needs torch; an exported model does not
         raise CommandError(
-            f"{path} is a detector file, which needs torch ({_one_line(error)}): pip install \"skflow-ad[torch]\", "
+            f"{path} is a detector file, which needs torch ({_one_line(error)}): {install_command('torch')}, "
             f"or export it on a machine with torch ('{PROG} export MODEL -o model.onnx') and score the .onnx file."
         ) from error
     if model.input_kind_ != IMAGES:
@@ -847,8 +839,9 @@ def _run_export(args):
         if fmt != "openvino":
             raise UsageError(f"{source} is already an ONNX model; export converts it to OpenVINO IR only "
                              f"(-o MODEL.xml).")
-        written = _onnx_to_openvino()(source, output, precision=args.precision,
-                                      calibration_images=_calibration_paths(args))
+        export = _torch_module("export", "export", "torch,export")
+        written = export.onnx_to_openvino(source, output, precision=args.precision,
+                                          calibration_images=_calibration_paths(args))
     else:
         model = _load_model(source, args.allow_pickle)
         if fmt == "openvino":

@@ -36,12 +36,11 @@ frozen extractor only, calibrated on normal images the caller passes (the
 training images are the natural choice): its convolutions and matrix products
 run on 8-bit integers, with fast bias correction. The flow and the head stay
 in FP32: the coupling blocks' clamped exponential scales and the Gaussian
-log-likelihood are where anomaly scores come from, and a quantized flow both
-flattens the small differences in ``z`` that separate a defect from the
-normal texture and, with OpenVINO 2026.4, fails to compile (a quantized
-concatenation of the coupling halves). Quantizing changes the numbers: the
-user guide reports what it cost on KolektorSDD, measure it on your data
-before deploying (``benchmarks/ksdd.py --runtimes``).
+log-likelihood are where anomaly scores come from, and a fully quantized
+U-Flow failed to compile with OpenVINO 2026.4 (a quantized concatenation of
+the coupling halves). Quantizing changes the numbers: docs/benchmarks.md
+reports what it cost on KolektorSDD; measure it on your data before
+deploying (``benchmarks/ksdd.py --runtimes``).
 
 This module needs torch, ``onnx`` and ``onnxscript`` (``pip install
 "skflow-ad[export]"``), ``openvino`` for :func:`export_openvino`, and
@@ -59,7 +58,6 @@ import os
 import re
 import tempfile
 import warnings
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -68,6 +66,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._validation import IMAGES, check_fitted_images
+from .extras import require
 from .deploy import (
     FORMAT_NAME, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS, as_graph_input, output_names,
     read_metadata,
@@ -143,13 +142,8 @@ class _GraphWithThreshold(nn.Module):
         return self.network(images, self.chi2_threshold)
 
 
-def _require(module, purpose, extra="export"):
-    try:
-        return import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"{purpose} needs the package {module!r}, which is not installed: pip install \"skflow-ad[{extra}]\"."
-        ) from error
+def _require(module, purpose):
+    return require(module, purpose, "export")
 
 
 def _package_version(name):
@@ -313,7 +307,8 @@ def export_openvino(detector, path, *, precision="FP32", calibration_images=None
     _require("openvino", "export_openvino")
     with tempfile.TemporaryDirectory() as directory:
         onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset)
-        return _convert_to_openvino(onnx_path, path, precision, calibration)
+        model_proto, metadata = _read_exported_onnx(onnx_path)
+        return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto, metadata)
 
 
 def _checked_openvino_destination(path, precision, calibration_images):
@@ -427,24 +422,22 @@ def onnx_to_openvino(onnx_path, path, *, precision="FP32", calibration_images=No
         When ``onnx_path`` is not a model exported by skflow_ad.
     """
     path = _checked_openvino_destination(path, precision, calibration_images)
-    onnx = _require("onnx", "onnx_to_openvino")
     _require("openvino", "onnx_to_openvino")
-    model_proto = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    metadata = read_metadata(_onnx_metadata_text(model_proto), onnx_path)
+    model_proto, metadata = _read_exported_onnx(onnx_path)
     calibration = _checked_calibration(calibration_images, int(metadata["n_channels_"]), metadata["detector"])
-    return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto)
+    return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto, metadata)
 
 
-def _onnx_metadata_text(model_proto):
-    return next((prop.value for prop in model_proto.metadata_props if prop.key == METADATA_KEY), None)
+def _read_exported_onnx(onnx_path):
+    """``(model_proto without external weights, checked metadata)`` of a model written by :func:`export_onnx`."""
+    model_proto = _require("onnx", "onnx_to_openvino").load(os.fspath(onnx_path), load_external_data=False)
+    text = next((prop.value for prop in model_proto.metadata_props if prop.key == METADATA_KEY), None)
+    return model_proto, read_metadata(text, onnx_path)
 
 
-def _convert_to_openvino(onnx_path, path, precision, calibration, model_proto=None):
-    """IR at ``path`` from the ONNX model (its proto, when already read); ``calibration`` (an ImageSet) for INT8."""
+def _convert_to_openvino(onnx_path, path, precision, calibration, model_proto, metadata):
+    """IR at ``path`` from the ONNX model, its proto and metadata; ``calibration`` (an ImageSet) for INT8."""
     openvino = _require("openvino", "onnx_to_openvino")
-    if model_proto is None:
-        model_proto = _require("onnx", "onnx_to_openvino").load(os.fspath(onnx_path), load_external_data=False)
-    metadata = read_metadata(_onnx_metadata_text(model_proto), onnx_path)
     unquantized = unquantized_node_names(model_proto) if precision == "INT8" else None
     del model_proto
     metadata["openvino_precision"] = precision
