@@ -143,9 +143,12 @@ def make_backbone(args, seed):
     return path
 
 
-def weights_fingerprint(state_dict):
-    """Sum of |w| over the backbone's float tensors: equal on both sides when they load the same file."""
-    return float(sum(v.double().abs().sum() for v in state_dict.values() if v.is_floating_point()))
+def weights_fingerprint(module):
+    """Sum of |w| over the backbone's parameters: equal on both sides when they load the same file.
+
+    Parameters only: ``backbone_batchnorm="recalibrate"`` changes the BatchNorm buffers, not the weights.
+    """
+    return float(sum(p.detach().double().abs().sum() for p in module.parameters()))
 
 
 def to_network_input(images):
@@ -193,7 +196,7 @@ def anomalib_worker(args, seed, data):
     np.random.seed(seed)  # the flow's hard permutations
     model = UflowModel(input_size=tuple(args.image_size), flow_steps=4, backbone="resnet18", affine_clamp=2.0,
                        affine_subnet_channels_ratio=1.0, permute_soft=False)
-    fingerprint = weights_fingerprint(model.feature_extractor.feature_extractor.state_dict())
+    fingerprint = weights_fingerprint(model.feature_extractor.feature_extractor)
     # Uflow.configure_optimizers; Lightning steps an epoch-interval scheduler once per epoch.
     optimizer = torch.optim.Adam([{"params": model.parameters(), "initial_lr": 1e-3}], lr=1e-3, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.4, total_iters=25000)
@@ -240,7 +243,7 @@ def ours_worker(args, seed, data):
     scores, maps = det.score_samples_and_anomaly_map(data["X_test"])
     det.save(Path(args.results) / f"{run_key(args, 'ours', seed)}.skad")  # a model file, for later analysis
     info = dict(fit_time=fit_time, epochs=det.n_iter_, loss_curve=det.loss_curve_,
-                validation_loss_curve=det.validation_loss_curve_, fingerprint=weights_fingerprint(body.state_dict()))
+                validation_loss_curve=det.validation_loss_curve_, fingerprint=weights_fingerprint(body))
     return info, -scores, maps
 
 

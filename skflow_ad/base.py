@@ -22,6 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import persistence
+from .features import BACKBONE_BATCHNORM_OPTIONS
 from ._validation import IMAGES, check_image_size
 from .modes import MODES, extract_features, inference_network, mode_of
 from .nfa import chi2_threshold
@@ -92,6 +93,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "pretrained": ["boolean", str, os.PathLike],
+        "backbone_batchnorm": [StrOptions(set(BACKBONE_BATCHNORM_OPTIONS))],
         "image_size": [None, Interval(numbers.Integral, 1, None, closed="left"), tuple, list],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],

@@ -204,6 +204,82 @@ def freeze(module):
     return module
 
 
+#: ``backbone_batchnorm`` options of the detectors.
+BACKBONE_BATCHNORM_OPTIONS = ("frozen", "recalibrate")
+
+
+def batchnorm_layers(module):
+    """The BatchNorm layers of ``module`` that keep running statistics (timm's ``BatchNormAct2d`` included)."""
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    return [m for m in module.modules() if isinstance(m, kinds) and m.track_running_stats]
+
+
+class BatchNormRecalibration:
+    """Re-estimate the running statistics of a frozen network's BatchNorm layers on new data.
+
+    Inside ``with BatchNormRecalibration(module):`` the BatchNorm layers (and
+    only they) are in training mode, so each normalises a batch with that
+    batch's own statistics and the layers after it see inputs normalised as
+    they will be; every forward pass adds, per layer and channel, the float64
+    sum and sum of squares of the layer's input over the batch and positions.
+    On leaving the block each layer's ``running_mean`` and ``running_var``
+    (unbiased, as PyTorch keeps it) are the statistics of all inputs seen,
+    and the module is frozen again (eval mode). This is adaptive batch
+    normalisation (AdaBN, Li et al., arXiv 1603.04779): weights unchanged,
+    normalisation statistics of the data at hand.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A frozen network with at least one BatchNorm layer (``ValueError``
+        otherwise, before any pass).
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.layers = batchnorm_layers(module)
+        if not self.layers:
+            raise ValueError(
+                f"backbone_batchnorm='recalibrate' needs BatchNorm layers, and this backbone "
+                f"({type(module).__name__}) has none; use backbone_batchnorm='frozen'."
+            )
+        self._sums = {}
+        self._hooks = []
+
+    def _accumulate(self, layer, inputs):
+        x = inputs[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        count, total, squares = self._sums.get(layer, (0, 0.0, 0.0))
+        self._sums[layer] = (count + x.numel() // x.shape[1], total + x.sum(dims), squares + x.pow(2).sum(dims))
+
+    def __enter__(self):
+        self._saved = [(layer.momentum, layer.num_batches_tracked.clone()) for layer in self.layers]
+        for layer in self.layers:
+            layer.train()
+            layer.momentum = 0.0  # training-mode passes leave the running statistics alone
+            self._hooks.append(layer.register_forward_pre_hook(self._accumulate))
+        return self
+
+    def __exit__(self, *exc_info):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for layer, (momentum, batches) in zip(self.layers, self._saved):
+            layer.momentum = momentum
+            layer.num_batches_tracked.copy_(batches)
+        freeze(self.module)
+        if exc_info[0] is not None:
+            return False  # statistics as they were: the block failed
+        # Layers the forward pass never reaches (a truncated trunk's tail) keep their statistics.
+        with torch.no_grad():
+            for layer, (count, total, squares) in self._sums.items():
+                mean = total / count
+                variance = (squares - count * mean.pow(2)).clamp_min(0) / max(count - 1, 1)
+                layer.running_mean.copy_(mean)
+                layer.running_var.copy_(variance)
+        return False
+
+
 def _per_scale_norm(maps):
     # Parameter-free layer norm over (C, h, w): keeps the features frozen, hence cacheable.
     return [F.layer_norm(m, m.shape[1:]) for m in maps]

@@ -17,6 +17,7 @@ import torch
 from sklearn.utils.validation import validate_data
 
 from ._validation import IMAGES, VECTORS, check_fitted_images, check_images, describe_kind_mismatch, input_kind
+from .features import BatchNormRecalibration
 from .inference import InferenceNetwork, Preprocess
 from .nfa import chi2_threshold
 from .nn._blocks import seeded
@@ -77,6 +78,9 @@ class ImageMode:
             extractor = detector._make_extractor(params, params["pretrained"]).to(device)
         shapes = [tuple(int(v) for v in s) for s in extractor.feature_shapes(working_size)]
         detector._check_feature_shapes(shapes, working_size, extractor)  # before any image is processed
+        if params["backbone_batchnorm"] == "recalibrate":
+            recalibrate_batchnorm(extractor, images, working_size, device, detector.batch_size,
+                                  verbose=bool(params["verbose"]))
         features = extract_features(
             extractor, images, working_size, device, detector.batch_size, params["feature_cache_dtype"],
             verbose=bool(params["verbose"]),
@@ -203,21 +207,40 @@ def extract_features(extractor, images, working_size, device, batch_size, cache_
     verbose : bool
         Show a progress bar over the images.
     """
-    from tqdm.auto import tqdm
-
-    preprocess = Preprocess(extractor.mean, extractor.std).to(device)
     per_scale, dtype = None, None
-    with torch.inference_mode(), tqdm(total=len(images), desc="features", unit="img", disable=not verbose,
-                                      leave=False) as progress:
-        for _, batch in images.batches(batch_size, working_size):
-            maps = extractor(preprocess(torch.from_numpy(batch).to(device)))
+    with torch.inference_mode():
+        for batch in _network_batches(extractor, images, working_size, device, batch_size, "features", verbose):
+            maps = extractor(batch)
             if per_scale is None:
                 per_scale = [[] for _ in maps]
                 dtype = _cache_dtype(cache_dtype, maps, len(images))
             for store, m in zip(per_scale, maps):
                 store.append(m.to(dtype).cpu())
-            progress.update(len(batch))
     return [torch.cat(store) for store in per_scale]
+
+
+def recalibrate_batchnorm(extractor, images, working_size, device, batch_size, verbose=False):
+    """Set the BatchNorm statistics of ``extractor`` from one pass over ``images``.
+
+    See :class:`~skflow_ad.features.BatchNormRecalibration`; the batches are
+    those of :func:`extract_features` (same size, order and preprocessing).
+    Raises ``ValueError`` before any image is processed when ``extractor``
+    has no BatchNorm layer.
+    """
+    with BatchNormRecalibration(extractor), torch.no_grad():
+        for batch in _network_batches(extractor, images, working_size, device, batch_size, "batchnorm", verbose):
+            extractor(batch)
+
+
+def _network_batches(extractor, images, working_size, device, batch_size, desc, verbose):
+    """Normalised network input ``(b, 3, H, W)`` on ``device``, batch by batch, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    preprocess = Preprocess(extractor.mean, extractor.std).to(device)
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not verbose, leave=False) as progress:
+        for _, batch in images.batches(batch_size, working_size):
+            yield preprocess(torch.from_numpy(batch).to(device))
+            progress.update(len(batch))
 
 
 def _cache_dtype(option, first_maps, n_images):
