@@ -75,18 +75,9 @@ class CSFlowDetector(BaseFlowDetector):
         ``tf_efficientnet_b5.<tag>.pth``); the normalisation is the tag's
         either way.
     backbone_batchnorm : {"frozen", "recalibrate"}, default="frozen"
-        The BatchNorm statistics of the backbone. ``"frozen"``: the ones its
-        weights came with (ImageNet's, or the initial zero mean and unit
-        variance of random weights). ``"recalibrate"``: re-estimated on the
-        training images in one pass before the features are cached (adaptive
-        batch normalisation; weights unchanged), stored in ``extractor_`` and
-        so in model files, pickles and exported graphs. It pays where the
-        stored statistics do not describe the data: random weights
-        (``pretrained=False`` or a random state dict), or a backbone trained
-        on another domain. On KolektorSDD with random resnet18 weights it
-        raised U-Flow's pixel AUROC above anomalib's (``docs/benchmarks.md``).
-        A backbone without BatchNorm layers (``"mcait"``) accepts only
-        ``"frozen"``.
+        As in :class:`UFlowDetector`: ``"recalibrate"`` re-estimates
+        EfficientNet-B5's BatchNorm statistics on the training images (at the
+        three image sizes) before the features are cached.
     image_size : int, (int, int) or None, default=768
         Working resolution (the paper's 768 px; None means 768); at least 128
         with EfficientNet-B5.

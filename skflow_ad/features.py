@@ -245,6 +245,7 @@ class BatchNormRecalibration:
             )
         self._sums = {}
         self._hooks = []
+        self._saved = []
 
     def _accumulate(self, layer, inputs):
         x = inputs[0].detach().double()
