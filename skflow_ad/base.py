@@ -91,6 +91,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
     :meth:`build_flow` and :meth:`make_trainer` build what ``fit`` builds.
     """
 
+    #: Parameters added after model files of the class were first written, with the value that
+    #: reproduces a model saved before each existed: restoring a model file or a pickle that
+    #: lacks one fills it in (model parameter and fit-time parameter alike).
+    _legacy_parameter_values: dict = {"backbone_batchnorm": "frozen"}
+
     _parameter_constraints: dict = {
         "pretrained": ["boolean", str, os.PathLike],
         "backbone_batchnorm": [StrOptions(set(BACKBONE_BATCHNORM_OPTIONS))],
@@ -463,6 +468,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         # The one restore path of both formats: unpickling, and skflow_ad.load with the state of a manifest.
         state = dict(state)
         persistence.warn_if_versions_differ(type(self).__name__, persistence.pop_saved_versions(state))
+        fit_params = state.get("_fit_params")
+        for name, value in self._legacy_parameter_values.items():
+            state.setdefault(name, value)
+            if isinstance(fit_params, dict):
+                fit_params.setdefault(name, value)
         flow_state = state.get("flow_")
         extractor_state = state.get("extractor_")
         super().__setstate__(state)

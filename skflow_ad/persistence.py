@@ -569,7 +569,8 @@ def _state_from_manifest(cls, manifest, tensors, path):
 
     params, fitted = manifest["params"], manifest["fitted"]
     expected = set(cls._get_param_names())
-    unknown, missing = sorted(set(params) - expected), sorted(expected - set(params))
+    unknown = sorted(set(params) - expected)
+    missing = sorted(expected - set(params) - set(cls._legacy_parameter_values))
     if unknown or missing:
         raise _invalid(
             path,

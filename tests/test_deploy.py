@@ -43,6 +43,17 @@ def uflow_case(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def contracted_uflow_case(tmp_path_factory):
+    """The same for U-Flow trained towards a N(0, 0.3**2) base: its scaling and map temperature travel in the graph."""
+    rng = np.random.RandomState(1)
+    detector = UFlowDetector(backbone="resnet18", pretrained=False, image_size=32, max_epochs=1, batch_size=8,
+                             base_std=0.3, random_state=0).fit(_rgb(rng, 12, 32, 32))
+    path = detector.export_onnx(tmp_path_factory.mktemp("contracted") / "model.onnx")
+    images = [_rgb(rng, 32, 32), _rgb(rng, 40, 28)]
+    return detector, path, images, detector.score_samples_and_anomaly_map(images)
+
+
+@pytest.fixture(scope="module")
 def csflow_case(tmp_path_factory):
     """The same for CS-Flow on gray images, at its smallest size (its export is the slow part of this file)."""
     rng = np.random.RandomState(0)
@@ -53,7 +64,7 @@ def csflow_case(tmp_path_factory):
     return detector, path, images, detector.score_samples_and_anomaly_map(images)
 
 
-@pytest.fixture(scope="module", params=["uflow", "csflow"])
+@pytest.fixture(scope="module", params=["uflow", "contracted_uflow", "csflow"])
 def case(request):
     return request.getfixturevalue(f"{request.param}_case")
 

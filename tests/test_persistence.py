@@ -1,6 +1,7 @@
 """Model files (skflow_ad.persistence): bit-identical round trips without unpickling, versions, bad files."""
 
 import _pickle
+import copy
 import hashlib
 import json
 import os
@@ -120,6 +121,34 @@ def test_uflow_round_trip_is_bit_identical(fitted_uflow, small_images, tmp_path)
     mixed = [small_images[0], (rng.rand(40, 48) * 255).astype(np.uint8), (rng.rand(24, 36) * 255).astype(np.uint8)]
     _assert_same_image_predictions(loaded, fitted_uflow, mixed, methods=("threshold",))
     assert [m.shape for m in loaded.inspect(mixed, method="threshold").masks] == [(32, 32), (40, 48), (24, 36)]
+
+
+def _without_added_parameters(manifest):
+    """A manifest as skflow_ad wrote it before ``base_std`` and ``backbone_batchnorm`` existed."""
+    for name in ("base_std", "backbone_batchnorm"):
+        del manifest["params"][name]
+        del manifest["fitted"]["_fit_params"][name]
+    return manifest
+
+
+def test_files_from_before_a_parameter_existed_load_with_its_old_behaviour(small_images, tmp_path):
+    # Fitted as every U-Flow was before the two parameters were added.
+    original = UFlowDetector(**FAST_UFLOW, base_std=1.0, backbone_batchnorm="frozen").fit(small_images)
+    assert set(UFlowDetector._legacy_parameter_values) == {"base_std", "backbone_batchnorm"}
+    original.save(tmp_path / "now.skad")
+    _edited(tmp_path / "now.skad", tmp_path / "old.skad", _without_added_parameters)
+    loaded = skflow_ad.load(tmp_path / "old.skad")
+    assert loaded.get_params() == original.get_params()
+    assert loaded._fit_params == original._fit_params
+    _assert_same_image_predictions(loaded, original, small_images[:4], methods=("tree_nfa",))
+    # a pickle from then: the same state without the two names
+    state = copy.deepcopy(original.__getstate__())
+    for name in ("base_std", "backbone_batchnorm"):
+        del state[name], state["_fit_params"][name]
+    unpickled = UFlowDetector.__new__(UFlowDetector)
+    unpickled.__setstate__(state)
+    assert unpickled.get_params() == original.get_params()
+    np.testing.assert_array_equal(unpickled.score_samples(small_images), original.score_samples(small_images))
 
 
 def test_manifest_records_checksum_and_versions(model_file):

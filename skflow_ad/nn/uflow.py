@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
@@ -41,15 +43,29 @@ class UFlowNet(nn.Module):
         Further ``AllInOneBlock`` arguments (``affine_clamping``, ``permute_soft``...).
     seed : int
         Seeds the random permutations and the initial weights.
+    base_std : float
+        Standard deviation of the Gaussian base the graph's outputs ``u`` are
+        trained towards, ``N(0, base_std**2)``. ``forward`` returns the
+        standardised latents ``z = u / base_std`` (standard normal under the
+        model) and includes the log-determinant of that fixed scaling, so
+        the model's density of the features stays exact and the loss is
+        :func:`uflow_nll` of ``z`` whatever ``base_std``. Below 1 the graph
+        has to contract the features.
     """
 
-    def __init__(self, feature_shapes, flow_steps=4, affine_subnet_channels_ratio=1.0, block_kwargs=None, seed=0):
+    def __init__(self, feature_shapes, flow_steps=4, affine_subnet_channels_ratio=1.0, block_kwargs=None, seed=0,
+                 base_std=1.0):
         super().__init__()
         self.feature_shapes = [tuple(int(v) for v in s) for s in feature_shapes]
         check_uflow_shapes(self.feature_shapes)
+        if not base_std > 0:
+            raise ValueError(f"base_std must be positive; got {base_std!r}.")
         with seeded(seed):
             self.graph = self._build(flow_steps, affine_subnet_channels_ratio, dict(block_kwargs or {}))
         self.latent_shapes = [tuple(s) for s in self.graph.global_out_shapes]
+        self.base_std = float(base_std)
+        # log|det| of z = u / base_std over all latent dimensions of one sample.
+        self.scaling_log_det = -sum(math.prod(shape) for shape in self.latent_shapes) * math.log(self.base_std)
 
     def _build(self, flow_steps, ratio, block_kwargs):
         shapes = self.feature_shapes
@@ -78,13 +94,15 @@ class UFlowNet(nn.Module):
         return freeze_parameter_order(graph, nodes)
 
     def forward(self, features):
-        """Features, finest first, -> (latents finest first, log|det J| of shape ``(n,)``)."""
+        """Features, finest first, -> (standardised latents finest first, log|det J| of shape ``(n,)``)."""
         latents, log_jac_det = self.graph(list(features))
-        return list(latents), log_jac_det
+        if self.base_std == 1.0:
+            return list(latents), log_jac_det
+        return [u / self.base_std for u in latents], log_jac_det + self.scaling_log_det
 
     def inverse(self, latents):
-        """Latents, finest first, -> the features they come from."""
-        features, _ = self.graph(list(latents), rev=True, jac=False)
+        """Standardised latents, finest first, -> the features they come from."""
+        features, _ = self.graph([z * self.base_std for z in latents], rev=True, jac=False)
         return list(features)
 
 
@@ -109,30 +127,38 @@ def uflow_nll(latents, log_jac_det):
     return 0.5 * squared - log_jac_det
 
 
-def uflow_likelihood_maps(latents):
-    """Per-scale likelihood ``exp(-0.5 * mean_c z**2)``, each ``(n, h_s, w_s)``."""
-    return [torch.exp(-0.5 * z.pow(2).mean(1)) for z in latents]
+def uflow_likelihood_maps(latents, temperature=1.0):
+    """Per-scale likelihood ``exp(-0.5 * mean_c z**2 / temperature)``, each ``(n, h_s, w_s)``."""
+    return [torch.exp(-0.5 / temperature * z.pow(2).mean(1)) for z in latents]
 
 
-def uflow_anomaly_map(latents, output_size):
-    """``1 - mean over scales of the upsampled likelihood maps``, shape ``(n, H, W)``."""
+def uflow_anomaly_map(latents, output_size, temperature=1.0):
+    """``1 - mean over scales of the upsampled likelihood maps``, shape ``(n, H, W)``.
+
+    ``temperature`` flattens the likelihoods (above 1) so that strong anomalies
+    at one scale do not all saturate at 1; :class:`UFlowHead` sets it to
+    ``base_std**-2``, which makes the map the paper's formula on the flow's
+    unstandardised outputs ``u = base_std * z``.
+    """
     total = None
-    for likelihood in uflow_likelihood_maps(latents):
+    for likelihood in uflow_likelihood_maps(latents, temperature):
         up = nn.functional.interpolate(likelihood[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)
         total = up if total is None else total + up
     return 1.0 - total[:, 0] / len(latents)
 
 
 class UFlowHead(nn.Module):
-    """Latents -> ``(scores (n,), anomaly_maps (n, H, W))`` at ``working_size``.
+    """Standardised latents -> ``(scores (n,), anomaly_maps (n, H, W))`` at ``working_size``.
 
-    The map is :func:`uflow_anomaly_map`; the image anomaly score is its maximum.
+    The map is :func:`uflow_anomaly_map` at ``temperature = base_std**-2``;
+    the image anomaly score is its maximum.
     """
 
-    def __init__(self, working_size):
+    def __init__(self, working_size, base_std=1.0):
         super().__init__()
         self.working_size = tuple(int(v) for v in working_size)
+        self.temperature = float(base_std) ** -2
 
     def forward(self, latents):
-        maps = uflow_anomaly_map(latents, self.working_size)
+        maps = uflow_anomaly_map(latents, self.working_size, self.temperature)
         return maps.flatten(1).amax(1), maps
