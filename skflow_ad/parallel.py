@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import IMAGES, batch_layout, check_image_size
 from .datasets.files import check_paths, describe_size, image_file_size, load_images, read_image, stack_images
+from .extras import require
 
 __all__ = ["score_partitions"]
 
@@ -215,13 +216,8 @@ def score_partitions(estimator, images, method="score_samples", partition_size=6
     with ``masks.to_zarr("masks.zarr")`` (needs the zarr package); on a
     cluster the folder must be on storage that the workers share.
     """
-    try:
-        import dask
-        import dask.array as da
-    except ImportError as error:
-        raise ImportError(
-            'score_partitions needs dask, which could not be imported; install it with: pip install "skflow-ad[dask]"'
-        ) from error
+    dask = require("dask", "score_partitions", "dask")
+    da = require("dask.array", "score_partitions", "dask")
 
     if method in _SCORE_METHODS:
         dtype = _SCORE_METHODS[method]

@@ -26,6 +26,7 @@ import numpy as np
 from . import metrics
 from ._validation import check_image_values, image_scale
 from .conventions import anomalous_from_labels, check_mask, check_scores, to_numpy
+from .extras import require
 
 __all__ = [
     "INFERNO_ANCHORS",
@@ -59,14 +60,7 @@ _MASK_PRED_LABEL = "predicted"
 
 
 def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError(
-            "skflow_ad.plotting needs matplotlib, which could not be imported; "
-            'install it with: pip install "skflow-ad[plot]"'
-        ) from error
-    return plt
+    return require("matplotlib.pyplot", "skflow_ad.plotting", "plot")
 
 
 def _figure_legend_loc():

@@ -1,6 +1,7 @@
 """Dask: GridSearchCV through joblib's dask backend and score_partitions, on a local cluster."""
 
 import math
+import sys
 
 import joblib
 import numpy as np
@@ -194,3 +195,9 @@ def test_bad_arguments_are_rejected_before_any_graph(detector, data):
         score_partitions(detector, list(X))
     with pytest.raises(TypeError, match="has no method 'anomaly_map'"):
         score_partitions(make_pipeline(FunctionTransformer(), detector), X, "anomaly_map")
+
+
+def test_missing_dask_raises_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask", None)
+    with pytest.raises(ImportError, match=r"""score_partitions needs the package 'dask', which is not installed: pip install "skflow-ad\[dask\]"\."""):
+        score_partitions(object(), np.zeros((2, 8, 8), np.uint8), "score_samples")
