@@ -29,9 +29,9 @@ class UFlowDetector(BaseFlowDetector):
     only, towards a Gaussian base of standard deviation ``base_std``. The
     anomaly map is one minus the mean over scales of the per-pixel likelihood
     ``exp(-0.5 * mean_c u**2)`` of the flow's outputs ``u``; the image anomaly
-    score is the map's maximum. ``predict_mask`` segments anomalies without labels with
-    the paper's a-contrario test (a pixel is anomalous when its number of
-    false alarms is below one).
+    score is the map's maximum. ``predict_mask`` segments anomalies without
+    labels with the paper's a-contrario test (a pixel is anomalous when its
+    number of false alarms is below one).
 
     Parameters
     ----------
