@@ -15,6 +15,8 @@ from skflow_ad.nn.csflow import (
     csflow_anomaly_score,
     csflow_nll,
     soft_clamp,
+    tap_major_weight,
+    upsampled_convolution,
 )
 
 TINY = dict(hidden_channels=8, n_coupling_blocks=2)
@@ -140,17 +142,71 @@ def reference_subnet(subnet, maps):
     return outputs
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("sizes", [(8, 4, 2), (7, 4, 2), ((8, 6), (4, 3), (2, 2))])
-def test_subnet_is_the_authors_layout(sizes):
+def test_subnet_is_the_authors_layout(sizes, grad):
+    # inference computes the coarse-to-fine convolutions at the coarse scale: the same layer, up to rounding
     subnet = CrossConvolutionSubnet([3, 3, 3], [4, 4, 4], hidden_channels=6, kernel_size=3).double()
     with torch.no_grad():
         subnet.output_gains.copy_(torch.tensor([0.5, -1.0, 2.0]))
     maps = make_features(3, sizes, dtype=torch.float64)
-    for out, expected in zip(subnet(maps), reference_subnet(subnet, maps)):
+    with torch.set_grad_enabled(grad):
+        outputs = subnet(maps)
+    for out, expected in zip(outputs, reference_subnet(subnet, maps)):
         torch.testing.assert_close(out, expected)
     # every convolution has a bias, as in the original
     convs = [m for m in subnet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 3 + 7 and all(c.bias is not None for c in convs)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("coarse_size, fine_size", [((4, 4), (8, 8)), ((2, 3), (4, 6)), ((4, 2), (7, 4)), ((3, 3), (3, 3))])
+def test_upsampled_convolution_mixes_channels_at_the_coarse_scale_with_the_same_result(
+        kernel_size, coarse_size, fine_size):
+    conv = torch.nn.Conv2d(5, 3, kernel_size, padding=kernel_size // 2).double()
+    coarse = torch.randn(2, 5, *coarse_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    upsampled = F.interpolate(coarse, size=fine_size, mode="bilinear", align_corners=False)
+    expected = F.conv2d(upsampled, conv.weight, conv.bias, padding=kernel_size // 2)
+    with torch.no_grad():
+        torch.testing.assert_close(upsampled_convolution(conv, coarse, fine_size), expected, rtol=1e-12, atol=1e-12)
+    # with autograd on, the direct form (cheaper backward), with gradients
+    out = upsampled_convolution(conv, coarse, fine_size)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.requires_grad
+
+
+def test_tap_major_weight_stacks_one_out_by_in_matrix_per_tap():
+    weight = torch.randn(3, 5, 3, 3)
+    taps = tap_major_weight(weight)
+    assert taps.shape == (27, 5, 1, 1)
+    for dy in range(3):
+        for dx in range(3):
+            t = 3 * dy + dx
+            assert torch.equal(taps[t * 3:(t + 1) * 3, :, 0, 0], weight[:, :, dy, dx])
+
+
+def test_upsampled_convolution_follows_weight_updates():
+    # eager inference caches the tap-major copy; it must not outlive the values it was made from
+    conv = torch.nn.Conv2d(4, 2, 3, padding=1)
+    coarse = torch.randn(1, 4, 3, 3)
+
+    def direct():
+        x = coarse.to(conv.weight.dtype)
+        return conv(F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False))
+
+    def fast():
+        return upsampled_convolution(conv, coarse.to(conv.weight.dtype), (6, 6))
+
+    with torch.no_grad():
+        torch.testing.assert_close(fast(), direct())
+        conv.weight.mul_(-2.0)  # in place, as an optimiser step or load_state_dict
+        torch.testing.assert_close(fast(), direct())
+        conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))  # a new tensor
+        torch.testing.assert_close(fast(), direct())
+        conv.double()
+        torch.testing.assert_close(fast(), direct())
+    with torch.inference_mode():  # autograd off through inference mode
+        torch.testing.assert_close(fast(), direct())
 
 
 def test_coarse_to_fine_path_upsamples_then_convolves():

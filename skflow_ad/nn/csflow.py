@@ -18,6 +18,7 @@ spatial size (see :class:`CrossScaleFlow`).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence
 
 import FrEIA.framework as Ff
@@ -35,6 +36,8 @@ __all__ = [
     "CrossScaleCoupling",
     "CrossScaleFlow",
     "CSFlowHead",
+    "tap_major_weight",
+    "upsampled_convolution",
     "csflow_anomaly_map",
     "csflow_anomaly_score",
     "csflow_nll",
@@ -88,6 +91,87 @@ def _reset_conv_(conv: nn.Conv2d, generator: torch.Generator | None) -> None:
                 param.copy_(values.uniform_(-bound, bound, generator=generator))
 
 
+def tap_major_weight(weight: Tensor) -> Tensor:
+    """Kernel ``(out, in, k, k)`` -> ``(k * k * out, in, 1, 1)``: rows ``[t * out, (t + 1) * out)`` are tap ``t``'s."""
+    out_channels, in_channels, k, _ = weight.shape
+    return weight.permute(2, 3, 0, 1).reshape(k * k * out_channels, in_channels, 1, 1)
+
+
+# id(weight) -> (weak reference to it, (version, data pointer, dtype, device), tap-major copy). Keyed
+# by id because tensors compare elementwise; an entry goes when its weight does (weakref.finalize).
+_TAP_MAJOR_CACHE: dict[int, tuple] = {}
+
+
+def _cached_tap_major_weight(weight: Tensor) -> Tensor:
+    """:func:`tap_major_weight`, computed once per weight value outside of autograd and compilation.
+
+    The permuted copy of a cold 1024-channel kernel costs about as much as the
+    convolution it saves, so eager inference reuses it until the weight
+    changes (in-place updates bump ``_version``, ``.to()`` makes a new tensor).
+    Under ``torch.compile`` / ``torch.export`` the permutation stays in the
+    graph, where the runtimes fold it into a constant.
+    """
+    if torch.compiler.is_compiling():
+        return tap_major_weight(weight)
+    try:
+        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
+    except RuntimeError:  # an inference tensor has no version counter: nothing tells when it changes
+        return tap_major_weight(weight)
+    cached = _TAP_MAJOR_CACHE.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == key:
+        return cached[2]
+    if cached is None or cached[0]() is not weight:
+        weakref.finalize(weight, _TAP_MAJOR_CACHE.pop, id(weight), None)
+    taps = tap_major_weight(weight.detach())
+    _TAP_MAJOR_CACHE[id(weight)] = (weakref.ref(weight), key, taps)
+    return taps
+
+
+def upsampled_convolution(conv: nn.Conv2d, coarse: Tensor, size: Sequence[int]) -> Tensor:
+    """``conv(_resize(coarse, size))``, with the channel mixing done at the coarse scale.
+
+    Resizing acts on each channel alone and a convolution mixes channels at
+    each tap alone, so the two commute tap by tap: for a stride-1 convolution
+    with zero padding ``k // 2``, weights ``W_t`` (one ``out x in`` matrix per
+    tap ``t = (dy, dx)``) and bias ``b``,
+
+        conv(up(x)) = b + sum_t shift_t(up(W_t x)),
+
+    where ``shift_t`` moves a map by ``(k // 2 - dy, k // 2 - dx)`` and fills
+    with zeros (the zero padding of ``up(x)``, which ``W_t`` maps to zero).
+    The ``in x out`` products then run on the ``h x w`` coarse positions
+    instead of the ``H x W`` fine ones, a quarter of the work for an exact
+    doubling; resizing and shifting the ``k * k * out`` mixed channels is
+    elementwise. The result equals the direct form up to rounding.
+
+    Only inference takes this route: with autograd on, the direct form is
+    computed, whose backward is cheaper than this one's (pads, slices and
+    the resize of ``k * k`` times more channels).
+
+    Parameters
+    ----------
+    conv : nn.Conv2d
+        Stride 1, odd square kernel ``k``, padding ``k // 2``, with a bias.
+    coarse : Tensor, shape (n, in_channels, h, w)
+    size : (H, W)
+        The fine size ``coarse`` is resized to (bilinearly, as :func:`_resize`).
+
+    Returns
+    -------
+    Tensor, shape (n, out_channels, H, W)
+    """
+    if torch.is_grad_enabled():
+        return conv(_resize(coarse, size))
+    k, out_channels = conv.kernel_size[0], conv.out_channels
+    mixed = F.pad(_resize(F.conv2d(coarse, _cached_tap_major_weight(conv.weight)), size), [k // 2] * 4)
+    height, width = (int(v) for v in size)
+    out = conv.bias.view(1, -1, 1, 1)
+    for t in range(k * k):
+        dy, dx = divmod(t, k)
+        out = out + mixed[:, t * out_channels:(t + 1) * out_channels, dy:dy + height, dx:dx + width]
+    return out
+
+
 def _padded_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     """A biased convolution with padding ``kernel_size // 2`` (output ``ceil(h / stride)``)."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
@@ -111,7 +195,7 @@ class CrossConvolution(nn.Module):
     - a convolution of scale ``i``,
     - a convolution of the next coarser scale ``i + 1`` *after* upsampling it
       bilinearly to the size of scale ``i`` (for sizes that are exact doubles,
-      ``scale_factor=2``),
+      ``scale_factor=2``; at inference computed as :func:`upsampled_convolution`),
     - a stride-2 convolution of the next finer scale ``i - 1``, resized
       bilinearly to the size of scale ``i`` when the strided output
       (``ceil(h / 2)``) differs from it.
@@ -175,7 +259,7 @@ class CrossConvolution(nn.Module):
             size = scale_map.shape[-2:]
             out = self.same_scale_convs[i](scale_map)
             if i + 1 < n_scales:
-                out = out + self.up_convs[i](_resize(maps[i + 1], size))
+                out = out + upsampled_convolution(self.up_convs[i], maps[i + 1], size)
             if i > 0:
                 out = out + _resize(self.down_convs[i - 1](maps[i - 1]), size)
             outputs.append(out)
