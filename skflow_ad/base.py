@@ -60,8 +60,9 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
     and ``_parameter_constraints``) and implements the hooks below. Every hook
     receives ``params``, the detector's ``get_params(deep=False)`` as they were
     at ``fit``; what a hook builds must depend only on ``params``, the fitted
-    shapes and the seed, because persistence stores those and rebuilds the
-    networks from them (weights are loaded afterwards).
+    attributes (shapes, ``map_reference_``...) and the seed, because
+    persistence stores those and rebuilds the networks from them (weights are
+    loaded afterwards).
 
     ``_make_extractor(params, pretrained) -> FeatureExtractor``
         The frozen extractor (contract in :mod:`skflow_ad.features`: ``mean``,
@@ -84,6 +85,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
     ``_calibrate(extractor, features) -> features`` (optional)
         Fit a fixed normalisation of the training features, stored in the
         extractor (default: the extractor's own ``calibrate``).
+    ``_fit_map_calibration(mean_anomaly_map)`` (optional)
+        Called once the flow is trained, before the thresholds are set;
+        ``mean_anomaly_map()`` computes the ``(H, W)`` mean of the training
+        images' maps (one pass over the cached features). A detector whose
+        head uses it stores it as a fitted attribute (default: nothing).
     ``_vector_flow_kwargs(params) -> dict`` and ``_vector_anomaly_scores(latents, log_jac_det) -> (n,)`` (optional)
         The flow and the score for feature-vector input.
 
@@ -221,6 +227,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         if mode.kind == IMAGES:
             self.latent_shapes_ = mode.latent_shapes(self)
+            self._fit_map_calibration(lambda: mode.mean_anomaly_map(self, prepared.features))
         self._set_thresholds(*mode.training_statistics(self, prepared.features), trainer.recipe)
         return self
 
@@ -238,6 +245,9 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
             self.pixel_threshold_ = float(np.quantile(pixel_values, self.pixel_quantile))
             if not np.isfinite(self.pixel_threshold_):
                 raise recipe.diverged(f"pixel_threshold_ is {self.pixel_threshold_}")
+
+    def _fit_map_calibration(self, mean_anomaly_map):
+        """Hook: store fitted map statistics the head needs (none by default)."""
 
     def _trainer(self, params, feature_shapes, device, seed, dtype):
         return FlowTrainer(

@@ -99,17 +99,27 @@ class ImageMode:
 
     def training_statistics(self, detector, features):
         """Training scores ``(n,)`` (as ``score_samples``) and a subsample of their anomaly-map values."""
-        network = detector._inference_network()
-        threshold = torch.tensor(chi2_threshold(detector.nfa_probability_threshold), device=detector.device_)
         scores, pixels = [], []
-        with torch.inference_mode():
-            for batch in iter_batches(features, detector.batch_size, detector.device_):
-                outputs = network.from_features(batch, threshold)
-                scores.append(outputs[0].double().cpu())
-                pixels.append(outputs[1].flatten().cpu())
+        for outputs in self._network_outputs(detector, features):
+            scores.append(outputs[0].double().cpu())
+            pixels.append(outputs[1].flatten().cpu())
         pixels = torch.cat(pixels).numpy()
         stride = max(1, len(pixels) // MAX_THRESHOLD_PIXELS)
         return -torch.cat(scores).numpy(), pixels[::stride]
+
+    def mean_anomaly_map(self, detector, features):
+        """Mean over the training images of their anomaly maps at the working size, ``(H, W)`` float32."""
+        total = sum(outputs[1].double().sum(0) for outputs in self._network_outputs(detector, features))
+        return (total / len(features[0])).float().cpu().numpy()
+
+    @staticmethod
+    def _network_outputs(detector, features):
+        """The fitted network's outputs for cached features, one batch at a time (inference mode)."""
+        network = detector._inference_network()
+        threshold = torch.tensor(chi2_threshold(detector.nfa_probability_threshold), device=detector.device_)
+        with torch.inference_mode():
+            for batch in iter_batches(features, detector.batch_size, detector.device_):
+                yield network.from_features(batch, threshold)
 
     def latent_shapes(self, detector):
         """``(C, h, w)`` of each latent scale, from one blank sample through the flow."""

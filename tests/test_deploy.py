@@ -44,10 +44,12 @@ def uflow_case(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def contracted_uflow_case(tmp_path_factory):
-    """The same for U-Flow trained towards a N(0, 0.3**2) base: its scaling and map temperature travel in the graph."""
+    """The same for U-Flow with every map option: its base scaling, map temperature, scale weights and
+    position calibration (``map_reference_``) travel in the graph."""
     rng = np.random.RandomState(1)
     detector = UFlowDetector(backbone="resnet18", pretrained=False, image_size=32, max_epochs=1, batch_size=8,
-                             base_std=0.3, random_state=0).fit(_rgb(rng, 12, 32, 32))
+                             base_std=0.3, map_scale_weights=(1, 0.5, 0), map_calibration="position",
+                             random_state=0).fit(_rgb(rng, 12, 32, 32))
     path = detector.export_onnx(tmp_path_factory.mktemp("contracted") / "model.onnx")
     images = [_rgb(rng, 32, 32), _rgb(rng, 40, 28)]
     return detector, path, images, detector.score_samples_and_anomaly_map(images)

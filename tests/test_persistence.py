@@ -123,27 +123,31 @@ def test_uflow_round_trip_is_bit_identical(fitted_uflow, small_images, tmp_path)
     assert [m.shape for m in loaded.inspect(mixed, method="threshold").masks] == [(32, 32), (40, 48), (24, 36)]
 
 
+ADDED_PARAMETERS = ("base_std", "backbone_batchnorm", "map_scale_weights", "map_calibration")
+
+
 def _without_added_parameters(manifest):
-    """A manifest as skflow_ad wrote it before ``base_std`` and ``backbone_batchnorm`` existed."""
-    for name in ("base_std", "backbone_batchnorm"):
+    """A manifest as skflow_ad wrote it before the parameters of ``_legacy_parameter_values`` existed."""
+    for name in ADDED_PARAMETERS:
         del manifest["params"][name]
         del manifest["fitted"]["_fit_params"][name]
     return manifest
 
 
 def test_files_from_before_a_parameter_existed_load_with_its_old_behaviour(small_images, tmp_path):
-    # Fitted as every U-Flow was before the two parameters were added.
-    original = UFlowDetector(**FAST_UFLOW, base_std=1.0, backbone_batchnorm="frozen").fit(small_images)
-    assert set(UFlowDetector._legacy_parameter_values) == {"base_std", "backbone_batchnorm"}
+    # Fitted as every U-Flow was before the parameters were added.
+    original = UFlowDetector(**FAST_UFLOW, base_std=1.0, backbone_batchnorm="frozen", map_scale_weights=None,
+                             map_calibration="none").fit(small_images)
+    assert set(UFlowDetector._legacy_parameter_values) == set(ADDED_PARAMETERS)
     original.save(tmp_path / "now.skad")
     _edited(tmp_path / "now.skad", tmp_path / "old.skad", _without_added_parameters)
     loaded = skflow_ad.load(tmp_path / "old.skad")
     assert loaded.get_params() == original.get_params()
     assert loaded._fit_params == original._fit_params
     _assert_same_image_predictions(loaded, original, small_images[:4], methods=("tree_nfa",))
-    # a pickle from then: the same state without the two names
+    # a pickle from then: the same state without those names
     state = copy.deepcopy(original.__getstate__())
-    for name in ("base_std", "backbone_batchnorm"):
+    for name in ADDED_PARAMETERS:
         del state[name], state["_fit_params"][name]
     unpickled = UFlowDetector.__new__(UFlowDetector)
     unpickled.__setstate__(state)

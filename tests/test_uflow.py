@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skflow_ad import PretrainedWeightsError, UFlowDetector
-from skflow_ad.nn.uflow import UFlowHead, UFlowNet, uflow_anomaly_map, uflow_nll
+from skflow_ad.nn.uflow import UFlowHead, UFlowNet, check_scale_weights, uflow_anomaly_map, uflow_nll
 
 from .conftest import FAST_UFLOW
 
@@ -119,6 +119,34 @@ def test_head_map_is_the_paper_formula_on_the_unstandardised_outputs():
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
+def test_scale_weights_weigh_the_likelihoods_and_zero_leaves_a_scale_out():
+    latents = _features(n=2, shapes=[(9, 8, 8), (10, 4, 4), (12, 2, 2)], seed=4)
+    ups = [torch.nn.functional.interpolate(torch.exp(-0.5 * z.pow(2).mean(1))[:, None], size=(8, 8),
+                                           mode="bilinear", align_corners=False)[:, 0] for z in latents]
+    torch.testing.assert_close(uflow_anomaly_map(latents, (8, 8), scale_weights=(2.0, 1.0, 0.0)),
+                               1 - (2 * ups[0] + ups[1]) / 3)
+    torch.testing.assert_close(uflow_anomaly_map(latents, (8, 8), scale_weights=(1, 1, 1)),
+                               uflow_anomaly_map(latents, (8, 8)))
+    torch.testing.assert_close(uflow_anomaly_map(latents, (8, 8), scale_weights=(1, 0, 0)), 1 - ups[0])
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.5), (1, -1, 1), (0, 0, 0), (1, float("nan"), 1), ("a", "b", "c"), "abc"])
+def test_scale_weights_are_checked(weights):
+    with pytest.raises(ValueError, match=r"map_scale_weights=.*give 3 finite weights >= 0, one per feature scale"):
+        check_scale_weights(weights, 3)
+
+
+def test_head_subtracts_the_map_reference():
+    latents = _features(n=2, shapes=[(9, 8, 8), (10, 4, 4)], seed=5)
+    reference = torch.linspace(0, 1, 64).reshape(8, 8)
+    scores, maps = UFlowHead((8, 8), base_std=0.5, map_reference=reference)(latents)
+    _, plain = UFlowHead((8, 8), base_std=0.5)(latents)
+    torch.testing.assert_close(maps, plain - reference)
+    torch.testing.assert_close(scores, maps.flatten(1).amax(1))
+    with pytest.raises(ValueError, match=r"map_reference has shape \(4, 4\), not the working size \(8, 8\)"):
+        UFlowHead((8, 8), map_reference=torch.zeros(4, 4))
+
+
 # ---------------------------------------------------------------- estimator
 def test_base_std_sets_the_flow_and_the_map_of_the_detector(small_images):
     det = UFlowDetector(**FAST_UFLOW, base_std=0.5).fit(small_images)
@@ -130,6 +158,42 @@ def test_base_std_sets_the_flow_and_the_map_of_the_detector(small_images):
     np.testing.assert_allclose(det.score_samples(small_images[:3]), -expected.reshape(3, -1).max(1), atol=1e-6)
     with pytest.raises(ValueError, match="The 'base_std' parameter of UFlowDetector must be a float in the range"):
         UFlowDetector(**FAST_UFLOW, base_std=0.0).fit(small_images)
+
+
+def test_position_calibration_subtracts_the_mean_training_map(small_images, tmp_path):
+    settings = dict(FAST_UFLOW, base_std=0.5, map_scale_weights=(1, 0.5, 0))
+    plain = UFlowDetector(**settings).fit(small_images)
+    calibrated = UFlowDetector(**settings, map_calibration="position").fit(small_images)
+    assert not hasattr(plain, "map_reference_")
+    # same seed, same flow: the reference is the mean map of the training images under the plain model
+    np.testing.assert_allclose(calibrated.map_reference_, plain.anomaly_map(small_images).mean(0), atol=1e-5)
+    assert calibrated.map_reference_.shape == calibrated.image_size_
+    scores, maps = calibrated.score_samples_and_anomaly_map(small_images[:3])
+    np.testing.assert_allclose(maps, plain.anomaly_map(small_images[:3]) - calibrated.map_reference_, atol=1e-5)
+    np.testing.assert_allclose(scores, -maps.reshape(3, -1).max(1), atol=1e-6)
+    # the thresholds come from the calibrated maps: about 0.1 % of training pixels lie above pixel_threshold_
+    above = (calibrated.anomaly_map(small_images) > calibrated.pixel_threshold_).mean()
+    assert 0 < above < 0.01, above
+    assert calibrated.pixel_threshold_ != plain.pixel_threshold_
+    # the reference travels with the model file
+    from skflow_ad import load
+    calibrated.save(tmp_path / "calibrated.skad")
+    reloaded = load(tmp_path / "calibrated.skad")
+    np.testing.assert_array_equal(reloaded.map_reference_, calibrated.map_reference_)
+    np.testing.assert_array_equal(reloaded.anomaly_map(small_images[:3]), maps)
+
+
+def test_map_scale_weights_are_checked_before_features_are_extracted(small_images, monkeypatch):
+    import skflow_ad.modes
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features extracted before the weights were checked")
+
+    monkeypatch.setattr(skflow_ad.modes, "extract_features", fail)
+    with pytest.raises(ValueError, match=r"map_scale_weights=\(1, 2\): give 3 finite weights"):
+        UFlowDetector(**FAST_UFLOW, map_scale_weights=(1, 2)).fit(small_images)
+    with pytest.raises(ValueError, match="The 'map_calibration' parameter of UFlowDetector must be a str among"):
+        UFlowDetector(**FAST_UFLOW, map_calibration="pixel").fit(small_images)
 
 
 def test_outputs_shapes_and_dtypes(fitted_uflow, small_images):

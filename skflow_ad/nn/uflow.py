@@ -6,6 +6,7 @@ import math
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,6 +122,21 @@ def check_uflow_shapes(shapes):
         raise ValueError(f"U-Flow's coarsest feature map needs at least 5 channels; got {shapes[-1][0]}.")
 
 
+def check_scale_weights(scale_weights, n_scales):
+    """Raise ``ValueError`` unless ``scale_weights`` is None or ``n_scales`` finite weights >= 0, not all 0."""
+    if scale_weights is None:
+        return
+    try:
+        weights = np.asarray(scale_weights, dtype=float)
+    except (TypeError, ValueError):
+        weights = np.asarray([])
+    if weights.shape != (n_scales,) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(
+            f"map_scale_weights={scale_weights!r}: give {n_scales} finite weights >= 0, one per feature scale "
+            f"(finest first), not all zero, e.g. {(1.0,) + (0.5,) * (n_scales - 1)}; or None for equal weights."
+        )
+
+
 def uflow_nll(latents, log_jac_det):
     """Per-sample loss ``0.5 * sum(z**2) - log|det J|``, shape ``(n,)``."""
     squared = sum(z.pow(2).flatten(1).sum(1) for z in latents)
@@ -132,33 +148,51 @@ def uflow_likelihood_maps(latents, temperature=1.0):
     return [torch.exp(-0.5 / temperature * z.pow(2).mean(1)) for z in latents]
 
 
-def uflow_anomaly_map(latents, output_size, temperature=1.0):
-    """``1 - mean over scales of the upsampled likelihood maps``, shape ``(n, H, W)``.
+def uflow_anomaly_map(latents, output_size, temperature=1.0, scale_weights=None):
+    """``1 - weighted mean over scales of the upsampled likelihood maps``, shape ``(n, H, W)``.
 
     ``temperature`` flattens the likelihoods (above 1) so that strong anomalies
     at one scale do not all saturate at 1; :class:`UFlowHead` sets it to
     ``base_std**-2``, which makes the map the paper's formula on the flow's
-    unstandardised outputs ``u = base_std * z``.
+    unstandardised outputs ``u = base_std * z``. ``scale_weights`` (one
+    non-negative weight per scale, finest first; None: equal weights, the
+    paper's mean) weighs the scales; a zero weight leaves a scale out.
     """
+    weights = [1.0] * len(latents) if scale_weights is None else [float(w) for w in scale_weights]
+    if len(weights) != len(latents):
+        raise ValueError(f"scale_weights has {len(weights)} entries for {len(latents)} scales.")
     total = None
-    for likelihood in uflow_likelihood_maps(latents, temperature):
+    for weight, likelihood in zip(weights, uflow_likelihood_maps(latents, temperature)):
+        if weight == 0.0:
+            continue
         up = nn.functional.interpolate(likelihood[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)
-        total = up if total is None else total + up
-    return 1.0 - total[:, 0] / len(latents)
+        total = weight * up if total is None else total + weight * up
+    return 1.0 - total[:, 0] / sum(weights)
 
 
 class UFlowHead(nn.Module):
     """Standardised latents -> ``(scores (n,), anomaly_maps (n, H, W))`` at ``working_size``.
 
-    The map is :func:`uflow_anomaly_map` at ``temperature = base_std**-2``;
-    the image anomaly score is its maximum.
+    The map is :func:`uflow_anomaly_map` at ``temperature = base_std**-2``
+    with ``scale_weights``, less ``map_reference`` (an ``(H, W)`` map
+    subtracted from every map, e.g. the mean map of the training images) when
+    given; the image anomaly score is the map's maximum.
     """
 
-    def __init__(self, working_size, base_std=1.0):
+    def __init__(self, working_size, base_std=1.0, scale_weights=None, map_reference=None):
         super().__init__()
         self.working_size = tuple(int(v) for v in working_size)
         self.temperature = float(base_std) ** -2
+        self.scale_weights = None if scale_weights is None else tuple(float(w) for w in scale_weights)
+        if map_reference is not None:
+            map_reference = torch.as_tensor(map_reference, dtype=torch.float32)
+            if tuple(map_reference.shape) != self.working_size:
+                raise ValueError(f"map_reference has shape {tuple(map_reference.shape)}, not the working size "
+                                 f"{self.working_size}.")
+        self.register_buffer("map_reference", map_reference)
 
     def forward(self, latents):
-        maps = uflow_anomaly_map(latents, self.working_size, self.temperature)
+        maps = uflow_anomaly_map(latents, self.working_size, self.temperature, self.scale_weights)
+        if self.map_reference is not None:
+            maps = maps - self.map_reference
         return maps.flatten(1).amax(1), maps
