@@ -168,7 +168,10 @@ def test_upsampled_convolution_mixes_channels_at_the_coarse_scale_with_the_same_
     upsampled = F.interpolate(coarse, size=fine_size, mode="bilinear", align_corners=False)
     expected = F.conv2d(upsampled, conv.weight, conv.bias, padding=kernel_size // 2)
     with torch.no_grad():
-        torch.testing.assert_close(upsampled_convolution(conv, coarse, fine_size), expected, rtol=1e-12, atol=1e-12)
+        fast = upsampled_convolution(conv, coarse, fine_size)
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+    # resized channels-last inside, handed back in the layout of the direct form
+    assert fast.is_contiguous()
     # with autograd on, the direct form (cheaper backward), with gradients
     out = upsampled_convolution(conv, coarse, fine_size)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
