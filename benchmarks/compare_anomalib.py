@@ -277,7 +277,14 @@ def our_runners(det, names, calibration, directory, threads):
     from skflow_ad.export import onnx_to_openvino
 
     runners, costs = {}, {}
-    onnx_path = None
+    onnx_paths = {}  # runtime the graph is laid out for -> its .onnx file, exported once
+
+    def onnx_for(runtime):
+        if runtime not in onnx_paths:
+            costs[f"export_onnx (graph for {runtime})"], onnx_paths[runtime] = timed(
+                lambda: det.export_onnx(directory / f"model_{runtime}.onnx", runtime=runtime))
+        return onnx_paths[runtime]
+
     for name in names:
         if name in ("two-calls", "one-pass"):
             runners[name] = det
@@ -285,14 +292,12 @@ def our_runners(det, names, calibration, directory, threads):
             runners[name], costs["compile_inference first call"] = compiled_copy(det, calibration)
         elif name in ("channels-last", "bf16"):
             runners[name] = TorchVariant(det, name)
+        elif name == "onnxruntime":
+            runners[name] = ExportedDetector(onnx_for("onnxruntime"), threads=threads)
         else:
-            if onnx_path is None:
-                costs["export_onnx"], onnx_path = timed(lambda: det.export_onnx(directory / "model.onnx"))
-            if name == "onnxruntime":
-                runners[name] = ExportedDetector(onnx_path, threads=threads)
-                continue
             precision = name.split("-")[1].upper()
             options = {"calibration_images": calibration} if precision == "INT8" else {}
+            onnx_path = onnx_for("openvino")
             costs[f"onnx_to_openvino {precision}"], xml = timed(
                 lambda: onnx_to_openvino(onnx_path, directory / f"model_{precision}.xml", precision=precision,
                                          **options))

@@ -408,7 +408,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         persistence.save(self, path)
 
     # ---------------------------------------------------------------- export
-    def export_onnx(self, path, *, opset=None):
+    def export_onnx(self, path, *, opset=None, runtime="onnxruntime"):
         """Write the whole prediction network as one ONNX model, for :class:`skflow_ad.deploy.ExportedDetector`.
 
         A ``uint8`` batch ``(n, H, W, C)`` at the working size in (dynamic
@@ -422,6 +422,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
             Destination, ``.onnx`` by convention.
         opset : int or None
             ONNX opset; None uses the exporter's default.
+        runtime : {"onnxruntime", "openvino"}
+            The runtime the graph is laid out for: CS-Flow sums its
+            up-convolutions' taps in the form that runtime runs faster (the
+            same numbers up to float32 rounding; either graph runs on either
+            runtime). U-Flow's graph is the same for both.
 
         Returns
         -------
@@ -432,13 +437,13 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         NotFittedError
             When the detector is not fitted.
         ValueError
-            When it was fitted on feature vectors.
+            When it was fitted on feature vectors, or ``runtime`` is unknown.
         ImportError
             When ``onnx`` or ``onnxscript`` is missing: ``pip install "skflow-ad[export]"``.
         """
         from .export import export_onnx
 
-        return export_onnx(self, path, opset=opset)
+        return export_onnx(self, path, opset=opset, runtime=runtime)
 
     def export_openvino(self, path, *, precision="FP32", calibration_images=None, opset=None):
         """Write the prediction network as OpenVINO IR (``.xml`` + ``.bin``); see :meth:`export_onnx`.

@@ -420,6 +420,7 @@ def _add_export_parser(commands):
         epilog=(
             "examples:\n"
             f"  {PROG} export model.skad -o model.onnx\n"
+            f"  {PROG} export model.skad -o model.onnx --graph-runtime openvino\n"
             f"  {PROG} export model.skad -o model.xml --precision FP16\n"
             f"  {PROG} export model.skad -o model.xml --precision INT8 --calibration train_images/\n"
             f"  {PROG} export model.onnx -o model.xml"
@@ -437,6 +438,10 @@ def _add_export_parser(commands):
                         help="OpenVINO IR precision: FP32 (the detector's numbers), FP16 (weights stored in 16 bits, "
                         "computed in FP32) or INT8 (the feature extractor quantized by NNCF on --calibration "
                         "images: faster, not the same numbers; check it on your data) (default: FP32)")
+    export.add_argument("--graph-runtime", choices=("onnxruntime", "openvino"),
+                        help="for an ONNX output: the runtime the graph is laid out for (CS-Flow sums its "
+                        "up-convolutions in the form that runtime runs faster; same numbers, either graph runs on "
+                        "either runtime; OpenVINO IR is always laid out for OpenVINO) (default: onnxruntime)")
     export.add_argument("--calibration", metavar="DATA",
                         help="for --precision INT8: a folder of normal images (searched recursively), or an "
                         "MVTec-AD category root whose train/good/ images are used (default: none; required by INT8)")
@@ -835,6 +840,9 @@ def _run_export(args):
     fmt = args.format or ("openvino" if output.suffix.lower() == ".xml" else "onnx")
     if source.suffix.lower() == ".xml":
         raise CommandError(f"{source} is already an exported OpenVINO model; export a detector file (.skad).")
+    if args.graph_runtime is not None and (fmt != "onnx" or source.suffix.lower() == ".onnx"):
+        raise UsageError("--graph-runtime goes with an ONNX output exported from a detector file; OpenVINO IR "
+                         "written by 'export' is laid out for OpenVINO.")
     if source.suffix.lower() == ".onnx" and source.is_file():
         if fmt != "openvino":
             raise UsageError(f"{source} is already an ONNX model; export converts it to OpenVINO IR only "
@@ -851,7 +859,7 @@ def _run_export(args):
             if output.suffix.lower() == ".xml":
                 raise UsageError("an ONNX model cannot be written to an .xml file; use -o MODEL.onnx or "
                                  "--format openvino.")
-            written = model.export_onnx(output)
+            written = model.export_onnx(output, runtime=args.graph_runtime or "onnxruntime")
     print(f"wrote {written}" + (f" and {written.with_suffix('.bin')}" if fmt == "openvino" else ""))
     return 0
 

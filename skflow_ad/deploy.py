@@ -37,6 +37,10 @@ document under the key :data:`METADATA_KEY`:
     ``nfa_log_epsilon``, ``min_region_area`` at export time.
 ``input``, ``outputs``
     The graph's input and output names.
+``graph_runtime``
+    ``"onnxruntime"`` or ``"openvino"``: the runtime the graph was laid out
+    for (:func:`skflow_ad.export.export_onnx`); absent from exports of
+    skflow_ad before it, whose graphs are OpenVINO's layout.
 ``versions``
     Of skflow_ad, torch, timm, FrEIA, scikit-learn, numpy, safetensors,
     python, onnx, onnxscript and openvino at export time.

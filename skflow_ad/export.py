@@ -31,6 +31,14 @@ Two choices keep the exported numbers those of the detector:
 - OpenVINO runs the graph with an FP32 inference precision (its CPU plugin
   otherwise runs bfloat16 on CPUs that have it); see :mod:`skflow_ad.deploy`.
 
+One choice lays the graph out for its runtime (``runtime=``, recorded in
+the metadata as ``graph_runtime``): CS-Flow's coarse-to-fine convolutions
+sum their shifted taps with one ``Col2Im`` node for ONNX Runtime and with
+slices for OpenVINO (:data:`GRAPH_TAP_SUMS`); the two compute the same
+function, differ in float32 rounding only, and each graph runs on both
+runtimes, the other one a little slower. U-Flow's graph is the same either
+way.
+
 INT8 (``precision="INT8"``) is NNCF's post-training quantization of the
 frozen extractor only, calibrated on normal images the caller passes (the
 training images are the natural choice): its convolutions and matrix products
@@ -73,6 +81,7 @@ from .deploy import (
 )
 from .modes import inference_network
 from .nfa import chi2_threshold
+from .nn.csflow import tap_sum
 from .persistence import atomic_destination, current_versions
 from .prediction import PREDICTION_PARAMETER_CONSTRAINTS, validate_prediction_parameters
 
@@ -83,6 +92,10 @@ __all__ = [
 
 #: The packages an export records beyond :func:`skflow_ad.persistence.current_versions`.
 EXPORT_PACKAGES = ("onnx", "onnxscript", "openvino", "nncf")
+
+#: The runtimes a graph can be laid out for, and how CS-Flow's up-convolutions sum their shifted taps on each
+#: (:func:`skflow_ad.nn.csflow.tap_sum`): one ``Col2Im`` node runs faster on ONNX Runtime, slices on OpenVINO.
+GRAPH_TAP_SUMS = {"onnxruntime": "fold", "openvino": "shifts"}
 
 #: The module (name scope of the exported graph) that INT8 quantizes; the flow and head stay FP32.
 INT8_SCOPE = "network.extractor"
@@ -163,8 +176,8 @@ def _check_exportable(detector, method):
     validate_prediction_parameters(detector, PREDICTION_PARAMETER_CONSTRAINTS, PREDICTION_PARAMETER_CONSTRAINTS)
 
 
-def export_metadata(detector):
-    """The metadata document of an export of ``detector`` (format in :mod:`skflow_ad.deploy`).
+def export_metadata(detector, runtime="onnxruntime"):
+    """The metadata document of an export of ``detector`` laid out for ``runtime`` (format in :mod:`skflow_ad.deploy`).
 
     Returns
     -------
@@ -186,23 +199,29 @@ def export_metadata(detector):
         },
         "input": INPUT_NAME,
         "outputs": output_names(len(detector.latent_shapes_)),
+        "graph_runtime": runtime,
         "versions": {**current_versions(), **{name: _package_version(name) for name in EXPORT_PACKAGES}},
     }
 
 
-def _onnx_program(detector, opset):
-    """The ``torch.onnx.ONNXProgram`` of ``detector``'s prediction network, with its metadata."""
+def _check_graph_runtime(runtime):
+    if runtime not in GRAPH_TAP_SUMS:
+        raise ValueError(f"runtime must be one of {', '.join(map(repr, GRAPH_TAP_SUMS))}; got {runtime!r}.")
+
+
+def _onnx_program(detector, opset, runtime):
+    """The ``torch.onnx.ONNXProgram`` of ``detector``'s prediction network laid out for ``runtime``, with its metadata."""
     network = inference_network(detector)
     if torch.device(detector.device_).type != "cpu":
         import copy
 
         network = copy.deepcopy(network).cpu()
-    metadata = export_metadata(detector)
+    metadata = export_metadata(detector, runtime)
     graph = _GraphWithThreshold(network, metadata["chi2_threshold"]).eval()
     height, width = detector.image_size_
     example = torch.zeros((2, height, width, detector.n_channels_), dtype=torch.uint8)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with torch.inference_mode(False), torch.no_grad(), tap_sum(GRAPH_TAP_SUMS[runtime]), \
+            warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's progress and deprecation notes are not the user's business
         program = torch.export.export(
             graph, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}}
@@ -222,7 +241,7 @@ def _onnx_program(detector, opset):
     return onnx_program
 
 
-def export_onnx(detector, path, *, opset=None):
+def export_onnx(detector, path, *, opset=None, runtime="onnxruntime"):
     """Write the prediction network of a fitted image detector as one ONNX model.
 
     Parameters
@@ -235,6 +254,9 @@ def export_onnx(detector, path, *, opset=None):
         protobuf cannot hold more).
     opset : int or None
         ONNX opset; None uses the exporter's default.
+    runtime : {"onnxruntime", "openvino"}
+        The runtime the graph is laid out for (module doc); the same numbers
+        up to float32 rounding, and either graph runs on either runtime.
 
     Returns
     -------
@@ -246,15 +268,16 @@ def export_onnx(detector, path, *, opset=None):
     NotFittedError
         When the detector is not fitted.
     ValueError
-        When it was fitted on feature vectors.
+        When it was fitted on feature vectors, or ``runtime`` is unknown.
     ImportError
         When ``onnx`` or ``onnxscript`` is missing (``pip install "skflow-ad[export]"``).
     """
+    _check_graph_runtime(runtime)
     _check_exportable(detector, "export_onnx")
     _require("onnx", "export_onnx")
     _require("onnxscript", "export_onnx")
     path = Path(os.fspath(path))
-    onnx_program = _onnx_program(detector, opset)
+    onnx_program = _onnx_program(detector, opset, runtime)
     n_bytes = sum(value.const_value.nbytes for value in onnx_program.model.graph.initializers.values()
                   if value.const_value is not None)
     if n_bytes >= PROTOBUF_LIMIT_BYTES:
@@ -268,7 +291,7 @@ def export_onnx(detector, path, *, opset=None):
 def export_openvino(detector, path, *, precision="FP32", calibration_images=None, opset=None):
     """Write the prediction network of a fitted image detector as OpenVINO IR (``.xml`` + ``.bin``).
 
-    The ONNX model of :func:`export_onnx`, converted by
+    The ONNX model of :func:`export_onnx` laid out for OpenVINO, converted by
     ``openvino.convert_model``, with the same metadata in its ``rt_info``.
 
     Parameters
@@ -306,7 +329,7 @@ def export_openvino(detector, path, *, precision="FP32", calibration_images=None
     calibration = _checked_calibration(calibration_images, detector.n_channels_, type(detector).__name__)
     _require("openvino", "export_openvino")
     with tempfile.TemporaryDirectory() as directory:
-        onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset)
+        onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset, runtime="openvino")
         model_proto, metadata = _read_exported_onnx(onnx_path)
         return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto, metadata)
 
@@ -399,6 +422,10 @@ def _calibration_dataset(nncf, images, image_size):
 
 def onnx_to_openvino(onnx_path, path, *, precision="FP32", calibration_images=None):
     """Convert a model written by :func:`export_onnx` to OpenVINO IR, metadata included.
+
+    A CS-Flow graph exported for ONNX Runtime (the default) converts and
+    predicts the same numbers, and runs a little slower on OpenVINO than one
+    exported with ``runtime="openvino"``, as :func:`export_openvino` does.
 
     Parameters
     ----------

@@ -600,6 +600,15 @@ def test_score_with_an_exported_model_writes_the_detectors_results(mvtec_root, m
     assert metrics == pytest.approx(json.loads((tmp_path / "torch" / "metrics.json").read_text()), rel=1e-4)
 
 
+def test_export_lays_the_graph_out_for_the_runtime_asked(model_path, exported_path, tmp_path):
+    from skflow_ad.deploy import ExportedDetector
+
+    path = tmp_path / "for_openvino.onnx"
+    assert main(["export", str(model_path), "-o", str(path), "--graph-runtime", "openvino"]) == 0
+    assert ExportedDetector(path).metadata_["graph_runtime"] == "openvino"
+    assert ExportedDetector(exported_path).metadata_["graph_runtime"] == "onnxruntime"
+
+
 def test_export_converts_to_openvino_and_score_runs_it(mvtec_root, model_path, exported_path, tmp_path, capsys):
     pytest.importorskip("openvino")
     xml = tmp_path / "model.xml"
@@ -620,6 +629,11 @@ def test_export_and_exported_model_errors(mvtec_root, model_path, exported_path,
     not_ours.write_text("not a model")
     assert main(["score", str(not_ours), str(mvtec_root), "-o", str(tmp_path / "out")]) == 1
     assert "could not be read as a model by onnxruntime" in _one_error_line(capsys.readouterr().err)
+    for output in ("model.xml", "again.onnx"):
+        source = exported_path if output == "again.onnx" else model_path
+        assert main(["export", str(source), "-o", str(tmp_path / output), "--graph-runtime", "openvino"]) == 2
+        assert "--graph-runtime goes with an ONNX output exported from a detector file" in capsys.readouterr().err
+    assert not list(tmp_path.glob("model.*")) and not (tmp_path / "again.onnx").exists()
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     assert main(["export", str(model_path), "-o", str(tmp_path / "model.onnx")]) == 1
     assert 'pip install "skflow-ad[export]"' in _one_error_line(capsys.readouterr().err)

@@ -184,7 +184,26 @@ def test_uint8_levels_given_as_floats_give_the_uint8_results(uflow_case):
                                  exported.score_samples_and_anomaly_map(as_float))
 
 
+def test_csflow_graph_is_laid_out_for_its_runtime(csflow_case, uflow_case, tmp_path):
+    # the same function, its up-convolutions' taps summed by one Col2Im (ONNX Runtime) or by slices (OpenVINO)
+    detector, path, images, expected = csflow_case
+    for_openvino = detector.export_onnx(tmp_path / "openvino.onnx", runtime="openvino")
+    ops = {name: [n.op_type for n in onnx.load(str(p)).graph.node] for name, p in
+           [("onnxruntime", path), ("openvino", for_openvino), ("uflow", uflow_case[1])]}
+    n_up_convs = 2 * len(detector.flow_.coupling_blocks) * (len(detector.latent_shapes_) - 1)
+    assert ops["onnxruntime"].count("Col2Im") == n_up_convs
+    assert ops["openvino"].count("Col2Im") == 0
+    assert ops["openvino"].count("Slice") >= ops["onnxruntime"].count("Slice") + 9 * n_up_convs
+    assert "Col2Im" not in ops["uflow"]
+    exported = ExportedDetector(for_openvino, threads=1)
+    assert exported.metadata_["graph_runtime"] == "openvino"
+    assert ExportedDetector(path).metadata_["graph_runtime"] == "onnxruntime"
+    _assert_same_scores_and_maps(expected, exported.score_samples_and_anomaly_map(images))
+
+
 def test_export_errors(uflow_case, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="runtime must be one of 'onnxruntime', 'openvino'; got 'tensorrt'"):
+        uflow_case[0].export_onnx(tmp_path / "model.onnx", runtime="tensorrt")
     with pytest.raises(NotFittedError):
         UFlowDetector().export_onnx(tmp_path / "model.onnx")
     vectors = UFlowDetector(max_epochs=1, random_state=0).fit(np.random.RandomState(0).rand(20, 4))

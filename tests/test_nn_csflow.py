@@ -15,7 +15,9 @@ from skflow_ad.nn.csflow import (
     csflow_anomaly_score,
     csflow_nll,
     soft_clamp,
+    channel_major_flipped_weight,
     tap_major_weight,
+    tap_sum,
     upsampled_convolution,
 )
 
@@ -159,15 +161,16 @@ def test_subnet_is_the_authors_layout(sizes, grad):
     assert len(convs) == 3 + 7 and all(c.bias is not None for c in convs)
 
 
+@pytest.mark.parametrize("form", ["shifts", "fold"])
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 @pytest.mark.parametrize("coarse_size, fine_size", [((4, 4), (8, 8)), ((2, 3), (4, 6)), ((4, 2), (7, 4)), ((3, 3), (3, 3))])
 def test_upsampled_convolution_mixes_channels_at_the_coarse_scale_with_the_same_result(
-        kernel_size, coarse_size, fine_size):
+        kernel_size, coarse_size, fine_size, form):
     conv = torch.nn.Conv2d(5, 3, kernel_size, padding=kernel_size // 2).double()
     coarse = torch.randn(2, 5, *coarse_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     upsampled = F.interpolate(coarse, size=fine_size, mode="bilinear", align_corners=False)
     expected = F.conv2d(upsampled, conv.weight, conv.bias, padding=kernel_size // 2)
-    with torch.no_grad():
+    with torch.no_grad(), tap_sum(form):
         fast = upsampled_convolution(conv, coarse, fine_size)
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
     # resized channels-last inside, handed back in the layout of the direct form
@@ -188,8 +191,46 @@ def test_tap_major_weight_stacks_one_out_by_in_matrix_per_tap():
             assert torch.equal(taps[t * 3:(t + 1) * 3, :, 0, 0], weight[:, :, dy, dx])
 
 
-def test_upsampled_convolution_follows_weight_updates():
-    # eager inference caches the tap-major copy; it must not outlive the values it was made from
+def test_channel_major_flipped_weight_is_the_layout_fold_sums():
+    weight = torch.randn(3, 5, 3, 3)
+    rows = channel_major_flipped_weight(weight)
+    assert rows.shape == (27, 5, 1, 1)
+    for out in range(3):
+        for t in range(9):
+            dy, dx = divmod(8 - t, 3)
+            assert torch.equal(rows[out * 9 + t, :, 0, 0], weight[out, :, dy, dx])
+
+
+def test_tap_sum_checks_its_form_and_restores_the_previous_one(monkeypatch):
+    conv = torch.nn.Conv2d(4, 2, 3, padding=1)
+    coarse = torch.randn(1, 4, 3, 3)
+    with pytest.raises(ValueError, match="form must be one of 'shifts', 'fold'; got 'slices'"):
+        with tap_sum("slices"):
+            pass
+    folds = []
+    fold = F.fold
+    monkeypatch.setattr(F, "fold", lambda *args, **kwargs: folds.append(1) or fold(*args, **kwargs))
+
+    def run():
+        before = len(folds)
+        out = upsampled_convolution(conv, coarse, (6, 6))
+        return out, len(folds) - before
+
+    with torch.no_grad():
+        default, default_folds = run()
+        with tap_sum("fold"):
+            with tap_sum("shifts"):
+                inner, inner_folds = run()
+            folded, folded_folds = run()
+        after, after_folds = run()
+    assert (default_folds, inner_folds, folded_folds, after_folds) == (0, 0, 1, 0)
+    torch.testing.assert_close(folded, default, rtol=1e-5, atol=1e-5)
+    assert torch.equal(inner, default) and torch.equal(after, default)
+
+
+@pytest.mark.parametrize("form", ["shifts", "fold"])
+def test_upsampled_convolution_follows_weight_updates(form):
+    # eager inference caches the weight in the form's layout; it must not outlive the values it was made from
     conv = torch.nn.Conv2d(4, 2, 3, padding=1)
     coarse = torch.randn(1, 4, 3, 3)
 
@@ -198,7 +239,8 @@ def test_upsampled_convolution_follows_weight_updates():
         return conv(F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False))
 
     def fast():
-        return upsampled_convolution(conv, coarse.to(conv.weight.dtype), (6, 6))
+        with tap_sum(form):
+            return upsampled_convolution(conv, coarse.to(conv.weight.dtype), (6, 6))
 
     with torch.no_grad():
         torch.testing.assert_close(fast(), direct())

@@ -17,9 +17,11 @@ spatial size (see :class:`CrossScaleFlow`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import weakref
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import FrEIA.framework as Ff
 import torch
@@ -36,7 +38,10 @@ __all__ = [
     "CrossScaleCoupling",
     "CrossScaleFlow",
     "CSFlowHead",
+    "TAP_SUMS",
+    "channel_major_flipped_weight",
     "tap_major_weight",
+    "tap_sum",
     "upsampled_convolution",
     "csflow_anomaly_map",
     "csflow_anomaly_score",
@@ -97,13 +102,54 @@ def tap_major_weight(weight: Tensor) -> Tensor:
     return weight.permute(2, 3, 0, 1).reshape(k * k * out_channels, in_channels, 1, 1)
 
 
-# id(weight) -> (weak reference to it, (version, data pointer, dtype, device), tap-major copy). Keyed
+def channel_major_flipped_weight(weight: Tensor) -> Tensor:
+    """Kernel ``(out, in, k, k)`` -> ``(out * k * k, in, 1, 1)``: row ``o * k * k + t`` is output ``o`` at tap ``k * k - 1 - t``.
+
+    The layout ``F.fold`` sums: its block entry ``t`` lands ``t - k // 2``
+    away from the block's position, the opposite of a convolution tap's
+    offset, hence the flip.
+    """
+    out_channels, in_channels, k, _ = weight.shape
+    return weight.flip(-2, -1).permute(0, 2, 3, 1).reshape(out_channels * k * k, in_channels, 1, 1)
+
+
+#: How :func:`upsampled_convolution` sums its ``k * k`` shifted taps at inference (see :func:`tap_sum`).
+TAP_SUMS = ("shifts", "fold")
+
+_TAP_SUM: contextvars.ContextVar[str] = contextvars.ContextVar("skflow_ad_tap_sum", default="shifts")
+
+
+@contextlib.contextmanager
+def tap_sum(form: str) -> Iterator[None]:
+    """Within the block, :func:`upsampled_convolution` sums its shifted taps as ``form``.
+
+    Both forms compute the same function and differ in rounding only (the
+    order of the float additions):
+
+    - ``"shifts"`` (the default): ``k * k`` slices of the padded map added
+      one by one; the fastest in eager torch and on OpenVINO;
+    - ``"fold"``: one ``F.fold`` (ONNX ``Col2Im``), which ONNX Runtime runs
+      faster than the slices, and whose graph exports in half the time.
+
+    :func:`skflow_ad.export.export_onnx` picks the form of the runtime the
+    graph is exported for; ``benchmarks/csflow_upconv.py`` times both.
+    """
+    if form not in TAP_SUMS:
+        raise ValueError(f"form must be one of {', '.join(map(repr, TAP_SUMS))}; got {form!r}.")
+    token = _TAP_SUM.set(form)
+    try:
+        yield
+    finally:
+        _TAP_SUM.reset(token)
+
+
+# (id(weight), layout) -> (weak reference to the weight, (version, data pointer, dtype, device), copy). Keyed
 # by id because tensors compare elementwise; an entry goes when its weight does (weakref.finalize).
-_TAP_MAJOR_CACHE: dict[int, tuple] = {}
+_WEIGHT_LAYOUT_CACHE: dict[tuple[int, str], tuple] = {}
 
 
-def _cached_tap_major_weight(weight: Tensor) -> Tensor:
-    """:func:`tap_major_weight`, computed once per weight value outside of autograd and compilation.
+def _cached_layout(weight: Tensor, layout: Callable[[Tensor], Tensor]) -> Tensor:
+    """``layout(weight)``, computed once per weight value outside of autograd and compilation.
 
     The permuted copy of a cold 1024-channel kernel costs about as much as the
     convolution it saves, so eager inference reuses it until the weight
@@ -112,19 +158,20 @@ def _cached_tap_major_weight(weight: Tensor) -> Tensor:
     graph, where the runtimes fold it into a constant.
     """
     if torch.compiler.is_compiling():
-        return tap_major_weight(weight)
+        return layout(weight)
     try:
         key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
     except RuntimeError:  # an inference tensor has no version counter: nothing tells when it changes
-        return tap_major_weight(weight)
-    cached = _TAP_MAJOR_CACHE.get(id(weight))
+        return layout(weight)
+    slot = (id(weight), layout.__name__)
+    cached = _WEIGHT_LAYOUT_CACHE.get(slot)
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]
     if cached is None or cached[0]() is not weight:
-        weakref.finalize(weight, _TAP_MAJOR_CACHE.pop, id(weight), None)
-    taps = tap_major_weight(weight.detach())
-    _TAP_MAJOR_CACHE[id(weight)] = (weakref.ref(weight), key, taps)
-    return taps
+        weakref.finalize(weight, _WEIGHT_LAYOUT_CACHE.pop, slot, None)
+    copy = layout(weight.detach())
+    _WEIGHT_LAYOUT_CACHE[slot] = (weakref.ref(weight), key, copy)
+    return copy
 
 
 def upsampled_convolution(conv: nn.Conv2d, coarse: Tensor, size: Sequence[int]) -> Tensor:
@@ -142,7 +189,8 @@ def upsampled_convolution(conv: nn.Conv2d, coarse: Tensor, size: Sequence[int]) 
     The ``in x out`` products then run on the ``h x w`` coarse positions
     instead of the ``H x W`` fine ones, a quarter of the work for an exact
     doubling; resizing and shifting the ``k * k * out`` mixed channels is
-    elementwise. The result equals the direct form up to rounding.
+    elementwise. The shifted sum is ``k * k`` slices or one ``F.fold``
+    (:func:`tap_sum`). The result equals the direct form up to rounding.
 
     Only inference takes this route: with autograd on, the direct form is
     computed, whose backward is cheaper than this one's (pads, slices and
@@ -163,12 +211,18 @@ def upsampled_convolution(conv: nn.Conv2d, coarse: Tensor, size: Sequence[int]) 
     if torch.is_grad_enabled():
         return conv(_resize(coarse, size))
     k, out_channels = conv.kernel_size[0], conv.out_channels
-    mixed = F.conv2d(coarse, _cached_tap_major_weight(conv.weight))
+    height, width = (int(v) for v in size)
+    bias = conv.bias.view(1, -1, 1, 1)
+    if _TAP_SUM.get() == "fold":
+        mixed = F.conv2d(coarse, _cached_layout(conv.weight, channel_major_flipped_weight))
+        mixed = _resize(mixed.contiguous(memory_format=torch.channels_last), size)
+        blocks = mixed.reshape(mixed.shape[0], out_channels * k * k, height * width)
+        return F.fold(blocks, (height, width), k, padding=k // 2) + bias
+    mixed = F.conv2d(coarse, _cached_layout(conv.weight, tap_major_weight))
     # torch's bilinear resize of k * k * out contiguous small planes is slow on CPU (at a 12 x 12 coarse map
     # slower than the direct form); channels-last it is not.
     mixed = F.pad(_resize(mixed.contiguous(memory_format=torch.channels_last), size), [k // 2] * 4)
-    height, width = (int(v) for v in size)
-    out = conv.bias.view(1, -1, 1, 1)
+    out = bias
     for t in range(k * k):
         dy, dx = divmod(t, k)
         out = out + mixed[:, t * out_channels:(t + 1) * out_channels, dy:dy + height, dx:dx + width]
