@@ -438,7 +438,7 @@ def _add_export_parser(commands):
                         help="OpenVINO IR precision: FP32 (the detector's numbers), FP16 (weights stored in 16 bits, "
                         "computed in FP32) or INT8 (the feature extractor quantized by NNCF on --calibration "
                         "images: faster, not the same numbers; check it on your data) (default: FP32)")
-    export.add_argument("--graph-runtime", choices=("onnxruntime", "openvino"),
+    export.add_argument("--graph-runtime", choices=tuple(RUNTIMES),
                         help="for an ONNX output: the runtime the graph is laid out for (CS-Flow sums its "
                         "up-convolutions in the form that runtime runs faster; same numbers, either graph runs on "
                         "either runtime; OpenVINO IR is always laid out for OpenVINO) (default: onnxruntime)")
