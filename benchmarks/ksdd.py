@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--uflow-lr", type=float, default=1e-3, help="U-Flow learning rate (detector default 1e-3)")
     p.add_argument("--uflow-feature-normalization", default=None,
                    help="U-Flow feature_normalization (default: the detector's)")
+    p.add_argument("--csflow-feature-normalizations", nargs="+", choices=["channel", "position"],
+                   default=["channel"], help="CS-Flow feature_normalization(s), one fit each (default: channel)")
     p.add_argument("--csflow-lr", type=float, default=2e-4,
                    help="CS-Flow learning rate (paper/detector default 2e-4)")
     p.add_argument("--csflow-hidden", type=int, default=128,
@@ -97,7 +99,7 @@ def resolve_pretrained(option, detector):
     raise FileNotFoundError(f"--pretrained {option!r}: not 'no', 'yes', a file or a folder")
 
 
-def make_detector(name, args, pretrained, map_mode="all"):
+def make_detector(name, args, pretrained, map_mode="all", csflow_normalization="channel"):
     from skflow_ad import CSFlowDetector, UFlowDetector
 
     common = dict(pretrained=pretrained, batch_size=args.batch_size, n_iter_no_change=args.n_iter_no_change,
@@ -114,13 +116,14 @@ def make_detector(name, args, pretrained, map_mode="all"):
         epochs = args.csflow_epochs or args.epochs
         size = tuple(args.csflow_image_size or args.image_size)
         det = CSFlowDetector(image_size=size, max_epochs=epochs, learning_rate=args.csflow_lr,
-                             cross_conv_hidden_channels=args.csflow_hidden, map_mode=map_mode, **common)
+                             cross_conv_hidden_channels=args.csflow_hidden, map_mode=map_mode,
+                             feature_normalization=csflow_normalization, **common)
         settings = (f"effnet-b5 {size[0]}x{size[1]} ep<={epochs} lr={args.csflow_lr:g} "
-                    f"hidden={args.csflow_hidden} blocks=4 map={map_mode}")
+                    f"hidden={args.csflow_hidden} blocks=4 map={map_mode} {csflow_normalization}")
     return det, size, settings
 
 
-def run_one(name, args, data_cache, map_mode="all"):
+def run_one(name, args, data_cache, map_mode="all", csflow_normalization="channel"):
     import numpy as np
 
     from skflow_ad.datasets import load_mvtec_folder
@@ -130,7 +133,7 @@ def run_one(name, args, data_cache, map_mode="all"):
     except FileNotFoundError as exc:
         print(f"[{name}] skipped: {exc}", flush=True)
         return None
-    det, size, settings = make_detector(name, args, pretrained, map_mode)
+    det, size, settings = make_detector(name, args, pretrained, map_mode, csflow_normalization)
     if size not in data_cache:
         t = time.perf_counter()
         data_cache[size] = load_mvtec_folder(args.data, image_size=size, color=False)
@@ -223,8 +226,10 @@ def main(argv=None):
 
     rows, cache = [], {}
     for name in args.detectors:
-        for map_mode in (args.csflow_map_modes if name == "csflow" else ["all"]):
-            rows += run_one(name, args, cache, map_mode) or []
+        csflow = name == "csflow"
+        for map_mode in (args.csflow_map_modes if csflow else ["all"]):
+            for normalization in (args.csflow_feature_normalizations if csflow else ["channel"]):
+                rows += run_one(name, args, cache, map_mode, normalization) or []
     print()
     print(f"KolektorSDD ({data_root}), pretrained={args.pretrained}, seed={args.seed}, "
           f"predict = score_samples_and_anomaly_map (one pass) on {rows[0]['n_test'] if rows else '?'} test images")

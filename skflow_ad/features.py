@@ -668,6 +668,15 @@ class StandardizedExtractor(FeatureExtractor):
 #: ``feature_normalization`` of :class:`~skflow_ad.UFlowDetector` -> :class:`FeatureStandardizer` mode (None: none).
 UFLOW_FEATURE_NORMALIZATIONS = {"layer": None, "layer+channel": "channel", "layer+position": "position"}
 
+#: ``feature_normalization`` of :class:`~skflow_ad.CSFlowDetector` -> :class:`FeatureStandardizer` mode applied
+#: after :class:`ImagePyramidFeatures`' own per-channel standardisation (None: that one only).
+CSFLOW_FEATURE_NORMALIZATIONS = {"channel": None, "position": "position"}
+
+
+def standardized(extractor, mode, working_size):
+    """``extractor`` itself when ``mode`` is None, else a :class:`StandardizedExtractor` of that mode for ``working_size``."""
+    return extractor if mode is None else StandardizedExtractor(extractor, mode, working_size)
+
 
 def build_uflow_extractor(backbone, pretrained, feature_normalization="layer", working_size=None):
     """The frozen U-Flow extractor for ``backbone`` (a name or an ``nn.Module``).
@@ -682,8 +691,7 @@ def build_uflow_extractor(backbone, pretrained, feature_normalization="layer", w
         extractor = MultiScaleCaiT(pretrained)
     else:
         extractor = TimmFeaturePyramid(backbone, pretrained)
-    mode = UFLOW_FEATURE_NORMALIZATIONS[feature_normalization]
-    return extractor if mode is None else StandardizedExtractor(extractor, mode, working_size)
+    return standardized(extractor, UFLOW_FEATURE_NORMALIZATIONS[feature_normalization], working_size)
 
 
 def default_uflow_image_size(backbone):

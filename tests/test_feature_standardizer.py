@@ -1,4 +1,4 @@
-"""FeatureStandardizer, StandardizedExtractor and U-Flow's feature_normalization option."""
+"""FeatureStandardizer, StandardizedExtractor and the detectors' feature_normalization options."""
 
 import pickle
 
@@ -7,8 +7,14 @@ import pytest
 import torch
 
 import skflow_ad
-from skflow_ad import UFlowDetector
-from skflow_ad.features import FeatureStandardizer, StandardizedExtractor, TimmFeaturePyramid
+from skflow_ad import CSFlowDetector, UFlowDetector
+from skflow_ad.deploy import ExportedDetector
+from skflow_ad.features import (
+    FeatureStandardizer,
+    ImagePyramidFeatures,
+    StandardizedExtractor,
+    TimmFeaturePyramid,
+)
 from skflow_ad.modes import ImageMode
 from skflow_ad.trainer import FlowTrainer
 
@@ -181,3 +187,93 @@ def test_the_option_changes_the_scores_and_layer_keeps_the_plain_extractor(posit
 def test_bad_feature_normalization_is_rejected(small_images, bad):
     with pytest.raises(ValueError, match="'feature_normalization' parameter of UFlowDetector must be a str among"):
         UFlowDetector(**FAST_UFLOW, feature_normalization=bad).fit(small_images)
+
+
+# ------------------------------------------------------------ CSFlowDetector
+def _shallow_trunk():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, 2, 1),
+    )
+
+
+def _csflow(normalization):
+    return CSFlowDetector(_shallow_trunk(), pretrained=False, image_size=(64, 48), feature_normalization=normalization,
+                          cross_conv_hidden_channels=8, max_epochs=2, batch_size=8, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def csflow_position_fit(small_images):
+    """A CS-Flow ``"position"`` fit with the features it trained on and its training scores from the cache."""
+    trained_on, training_scores = [], []
+    fit, statistics = FlowTrainer.fit, ImageMode.training_statistics
+
+    def recording_fit(self, flow, features):
+        trained_on.extend(f.double().clone() for f in features)
+        return fit(self, flow, features)
+
+    def recording_statistics(self, detector, features):
+        scores, pixels = statistics(self, detector, features)
+        training_scores.append(scores)
+        return scores, pixels
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FlowTrainer, "fit", recording_fit)
+        patch.setattr(ImageMode, "training_statistics", recording_statistics)
+        det = _csflow("position").fit(small_images)
+    return det, trained_on, training_scores[0]
+
+
+def test_csflow_position_standardises_every_scale_per_position_and_keeps_the_paths_equal(
+    csflow_position_fit, small_images
+):
+    det, features, training_scores = csflow_position_fit
+    assert det.feature_shapes_ == [(8, 8, 6), (8, 4, 3), (8, 2, 2)]
+    assert [tuple(f.shape[1:]) for f in features] == det.feature_shapes_
+    for maps in features:
+        zeros = torch.zeros(maps.shape[1:], dtype=torch.float64)
+        torch.testing.assert_close(maps.mean(0), zeros, atol=1e-5, rtol=0)
+        torch.testing.assert_close(maps.std(0), zeros + 1, atol=1e-4, rtol=0)
+    # offset_ comes from the cached features, score_samples from new passes through extractor_
+    np.testing.assert_allclose(det.score_samples(small_images), training_scores, rtol=1e-6, atol=1e-7)
+
+
+def test_csflow_position_statistics_travel_in_pickles(csflow_position_fit, small_images):
+    # (a user trunk has no model file; the file path rebuilds the extractor from the same hook)
+    det = csflow_position_fit[0]
+    assert isinstance(det.extractor_, StandardizedExtractor)
+    assert isinstance(det.extractor_.wrapped, ImagePyramidFeatures)
+    state = det.extractor_.state_dict()
+    assert [tuple(state[f"standardizer.mean_{s}"].shape) for s in range(3)] == det.feature_shapes_
+    assert float(state["standardizer.std_0"].min()) != 1.0
+    loaded = pickle.loads(pickle.dumps(det))
+    assert loaded.feature_normalization == "position"
+    np.testing.assert_array_equal(loaded.score_samples(small_images), det.score_samples(small_images))
+    np.testing.assert_array_equal(loaded.anomaly_map(small_images[:2]), det.anomaly_map(small_images[:2]))
+
+
+def test_csflow_position_exports_the_same_numbers(csflow_position_fit, small_images, tmp_path):
+    det = csflow_position_fit[0]
+    images = [small_images[0], small_images[1][:50, :40]]
+    scores, maps = det.score_samples_and_anomaly_map(images)
+    got_scores, got_maps = ExportedDetector(det.export_onnx(tmp_path / "model.onnx"), threads=1) \
+        .score_samples_and_anomaly_map(images)
+    np.testing.assert_allclose(got_scores, scores, rtol=1e-4, atol=0)
+    for got, expected in zip(got_maps, maps):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_csflow_channel_is_the_default_and_keeps_the_plain_pyramid(csflow_position_fit, small_images):
+    assert CSFlowDetector().feature_normalization == "channel"
+    channel = _csflow("channel").fit(small_images)
+    assert isinstance(channel.extractor_, ImagePyramidFeatures)
+    assert not any("standardizer" in k for k in channel.extractor_.state_dict())
+    difference = csflow_position_fit[0].score_samples(small_images) - channel.score_samples(small_images)
+    assert np.abs(difference).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", ["layer+position", "layer", None])
+def test_csflow_bad_feature_normalization_is_rejected(small_images, bad):
+    with pytest.raises(ValueError, match="'feature_normalization' parameter of CSFlowDetector must be a str among"):
+        _csflow(bad).fit(small_images)
