@@ -122,9 +122,8 @@ def test_standardized_extractor_declares_the_wrapped_shapes():
 
 
 # ------------------------------------------------------------ UFlowDetector
-@pytest.fixture(scope="module")
-def position_fit(small_images):
-    """A ``"layer+position"`` fit, with the features it trained on and its training scores from the cache."""
+def _recorded_fit(estimator, images):
+    """``(estimator fitted, features it trained on, its training scores from the cache)``."""
     trained_on, training_scores = [], []
     fit, statistics = FlowTrainer.fit, ImageMode.training_statistics
 
@@ -140,8 +139,14 @@ def position_fit(small_images):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FlowTrainer, "fit", recording_fit)
         patch.setattr(ImageMode, "training_statistics", recording_statistics)
-        det = UFlowDetector(**FAST_UFLOW, feature_normalization="layer+position").fit(small_images)
-    return det, trained_on, training_scores[0]
+        estimator.fit(images)
+    return estimator, trained_on, training_scores[0]
+
+
+@pytest.fixture(scope="module")
+def position_fit(small_images):
+    """A ``"layer+position"`` fit, with the features it trained on and its training scores from the cache."""
+    return _recorded_fit(UFlowDetector(**FAST_UFLOW, feature_normalization="layer+position"), small_images)
 
 
 def test_training_features_are_standardised_per_position(position_fit):
@@ -206,23 +211,7 @@ def _csflow(normalization):
 @pytest.fixture(scope="module")
 def csflow_position_fit(small_images):
     """A CS-Flow ``"position"`` fit with the features it trained on and its training scores from the cache."""
-    trained_on, training_scores = [], []
-    fit, statistics = FlowTrainer.fit, ImageMode.training_statistics
-
-    def recording_fit(self, flow, features):
-        trained_on.extend(f.double().clone() for f in features)
-        return fit(self, flow, features)
-
-    def recording_statistics(self, detector, features):
-        scores, pixels = statistics(self, detector, features)
-        training_scores.append(scores)
-        return scores, pixels
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FlowTrainer, "fit", recording_fit)
-        patch.setattr(ImageMode, "training_statistics", recording_statistics)
-        det = _csflow("position").fit(small_images)
-    return det, trained_on, training_scores[0]
+    return _recorded_fit(_csflow("position"), small_images)
 
 
 def test_csflow_position_standardises_every_scale_per_position_and_keeps_the_paths_equal(
