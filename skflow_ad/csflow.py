@@ -143,6 +143,9 @@ class CSFlowDetector(BaseFlowDetector):
         As in :class:`UFlowDetector`.
     """
 
+    # Model files and pickles from before feature_normalization existed: their features were standardised per channel.
+    _legacy_parameter_values: dict = {**BaseFlowDetector._legacy_parameter_values, "feature_normalization": "channel"}
+
     _parameter_constraints: dict = {
         **BaseFlowDetector._parameter_constraints,
         "backbone": [StrOptions(set(BACKBONE_NAMES)), torch.nn.Module],

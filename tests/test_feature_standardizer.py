@@ -1,5 +1,6 @@
 """FeatureStandardizer, StandardizedExtractor and the detectors' feature_normalization options."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -266,3 +267,15 @@ def test_csflow_channel_is_the_default_and_keeps_the_plain_pyramid(csflow_positi
 def test_csflow_bad_feature_normalization_is_rejected(small_images, bad):
     with pytest.raises(ValueError, match="'feature_normalization' parameter of CSFlowDetector must be a str among"):
         _csflow(bad).fit(small_images)
+
+
+def test_csflow_pickles_from_before_the_option_load_as_channel(small_images):
+    # Saved before feature_normalization existed: no such name in the state, features standardised per channel.
+    original = _csflow("channel").fit(small_images)
+    state = copy.deepcopy(original.__getstate__())
+    del state["feature_normalization"], state["_fit_params"]["feature_normalization"]
+    unpickled = CSFlowDetector.__new__(CSFlowDetector)
+    unpickled.__setstate__(state)
+    assert unpickled.get_params()["feature_normalization"] == "channel"
+    assert unpickled._fit_params["feature_normalization"] == "channel"  # what rebuilds the extractor
+    np.testing.assert_array_equal(unpickled.score_samples(small_images), original.score_samples(small_images))
