@@ -46,6 +46,13 @@ def is_integer(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def check_bool(value, name):
+    """``value`` as a bool; ``TypeError`` naming ``name`` unless it is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_image_size(image_size, *, allow_none=False, minimum=1, name="image_size"):
     """``image_size`` as a ``(height, width)`` tuple of ints (None passes when allowed).
 

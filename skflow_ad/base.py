@@ -408,7 +408,7 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         persistence.save(self, path)
 
     # ---------------------------------------------------------------- export
-    def export_onnx(self, path, *, opset=None, runtime="onnxruntime"):
+    def export_onnx(self, path, *, opset=None, runtime="onnxruntime", block_nfa_map=False):
         """Write the whole prediction network as one ONNX model, for :class:`skflow_ad.deploy.ExportedDetector`.
 
         A ``uint8`` batch ``(n, H, W, C)`` at the working size in (dynamic
@@ -427,6 +427,11 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
             up-convolutions' taps in the form that runtime runs faster (the
             same numbers up to float32 rounding; either graph runs on either
             runtime). U-Flow's graph is the same for both.
+        block_nfa_map : bool, default=False
+            Also output ``block_log_nfa`` ``(n, H, W)``: this detector's
+            ``log_nfa_map(X, "block_nfa")`` at the working size, with its NFA
+            parameters at export time, for programs that run the graph
+            without skflow_ad.
 
         Returns
         -------
@@ -443,9 +448,9 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         """
         from .export import export_onnx
 
-        return export_onnx(self, path, opset=opset, runtime=runtime)
+        return export_onnx(self, path, opset=opset, runtime=runtime, block_nfa_map=block_nfa_map)
 
-    def export_openvino(self, path, *, precision="FP32", calibration_images=None, opset=None):
+    def export_openvino(self, path, *, precision="FP32", calibration_images=None, opset=None, block_nfa_map=False):
         """Write the prediction network as OpenVINO IR (``.xml`` + ``.bin``); see :meth:`export_onnx`.
 
         Parameters
@@ -461,6 +466,8 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
             Normal images, for (and only for) ``precision="INT8"``.
         opset : int or None
             ONNX opset of the intermediate ONNX model.
+        block_nfa_map : bool, default=False
+            Also output the block-NFA map, as :meth:`export_onnx`.
 
         Returns
         -------
@@ -468,7 +475,8 @@ class BaseFlowDetector(ImagePredictionMixin, OutlierMixin, BaseEstimator):
         """
         from .export import export_openvino
 
-        return export_openvino(self, path, precision=precision, calibration_images=calibration_images, opset=opset)
+        return export_openvino(self, path, precision=precision, calibration_images=calibration_images, opset=opset,
+                               block_nfa_map=block_nfa_map)
 
     def __getstate__(self):
         state = dict(super().__getstate__())

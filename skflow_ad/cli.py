@@ -421,6 +421,7 @@ def _add_export_parser(commands):
             "examples:\n"
             f"  {PROG} export model.skad -o model.onnx\n"
             f"  {PROG} export model.skad -o model.onnx --graph-runtime openvino\n"
+            f"  {PROG} export model.skad -o model.onnx --block-nfa-map\n"
             f"  {PROG} export model.skad -o model.xml --precision FP16\n"
             f"  {PROG} export model.skad -o model.xml --precision INT8 --calibration train_images/\n"
             f"  {PROG} export model.onnx -o model.xml"
@@ -442,6 +443,10 @@ def _add_export_parser(commands):
                         help="for an ONNX output: the runtime the graph is laid out for (CS-Flow sums its "
                         "up-convolutions in the form that runtime runs faster; same numbers, either graph runs on "
                         "either runtime; OpenVINO IR is always laid out for OpenVINO) (default: onnxruntime)")
+    export.add_argument("--block-nfa-map", action="store_true",
+                        help="from a detector file: also output 'block_log_nfa', the block-NFA log10 NFA map at the "
+                        "working size with the model's NFA parameters, for programs that run the graph without "
+                        "skflow_ad (below nfa_log_epsilon = anomalous) (default: off)")
     export.add_argument("--calibration", metavar="DATA",
                         help="for --precision INT8: a folder of normal images (searched recursively), or an "
                         "MVTec-AD category root whose train/good/ images are used (default: none; required by INT8)")
@@ -844,6 +849,9 @@ def _run_export(args):
         raise UsageError("--graph-runtime goes with an ONNX output exported from a detector file; OpenVINO IR "
                          "written by 'export' is laid out for OpenVINO.")
     if source.suffix.lower() == ".onnx" and source.is_file():
+        if args.block_nfa_map:
+            raise UsageError("--block-nfa-map goes with a detector file: the outputs of an exported ONNX model are "
+                             "fixed; export the detector again with --block-nfa-map.")
         if fmt != "openvino":
             raise UsageError(f"{source} is already an ONNX model; export converts it to OpenVINO IR only "
                              f"(-o MODEL.xml).")
@@ -854,12 +862,14 @@ def _run_export(args):
         model = _load_model(source, args.allow_pickle)
         if fmt == "openvino":
             written = model.export_openvino(output, precision=args.precision,
-                                            calibration_images=_calibration_paths(args))
+                                            calibration_images=_calibration_paths(args),
+                                            block_nfa_map=args.block_nfa_map)
         else:
             if output.suffix.lower() == ".xml":
                 raise UsageError("an ONNX model cannot be written to an .xml file; use -o MODEL.onnx or "
                                  "--format openvino.")
-            written = model.export_onnx(output, runtime=args.graph_runtime or "onnxruntime")
+            written = model.export_onnx(output, runtime=args.graph_runtime or "onnxruntime",
+                                        block_nfa_map=args.block_nfa_map)
     print(f"wrote {written}" + (f" and {written.with_suffix('.bin')}" if fmt == "openvino" else ""))
     return 0
 

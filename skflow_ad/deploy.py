@@ -17,12 +17,17 @@ An ONNX model (or OpenVINO IR) with one input, ``images``: ``uint8``
 ``(n, H, W, C)`` at the working size, ``n`` dynamic; outputs ``scores``
 ``(n,)``, ``anomaly_maps`` ``(n, H, W)``, then per latent scale ``s``
 (finest first) ``energy_s`` ``(n, h_s, w_s)`` float32 and ``exceedances_s``
-``(n, h_s, w_s)`` int32 (:class:`skflow_ad.prediction.NetworkOutputs`). Its
+``(n, h_s, w_s)`` int32 (:class:`skflow_ad.prediction.NetworkOutputs`), and,
+in a graph exported with ``block_nfa_map=True``, last, ``block_log_nfa``
+``(n, H, W)`` float32: the block-NFA ``log10 NFA`` map at the working size
+(:class:`skflow_ad.inference.BlockLogNFA`). Its
 metadata (ONNX ``metadata_props``, OpenVINO ``rt_info``) holds one JSON
 document under the key :data:`METADATA_KEY`:
 
 ``format``, ``format_version``
-    :data:`FORMAT_NAME` and :data:`FORMAT_VERSION`.
+    :data:`FORMAT_NAME` and 1, or 2 (:data:`FORMAT_VERSION`) for a graph
+    with the ``block_log_nfa`` output, which readers of version 1 would
+    misread.
 ``detector``
     The class of the exported detector.
 ``image_size_``, ``n_channels_``, ``latent_shapes_``, ``offset_``, ``pixel_threshold_``
@@ -37,6 +42,9 @@ document under the key :data:`METADATA_KEY`:
     ``nfa_log_epsilon``, ``min_region_area`` at export time.
 ``input``, ``outputs``
     The graph's input and output names.
+``block_nfa_map``
+    Only with the ``block_log_nfa`` output: the ``window_size``,
+    ``probability_threshold`` and ``high_precision`` of its test.
 ``graph_runtime``
     ``"onnxruntime"`` or ``"openvino"``: the runtime the graph was laid out
     for (:func:`skflow_ad.export.export_onnx`); absent from exports of
@@ -62,14 +70,20 @@ from .prediction import (
 )
 
 __all__ = [
-    "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "RUNTIMES", "as_graph_input",
-    "output_names", "read_metadata",
+    "BLOCK_LOG_NFA_OUTPUT", "BLOCK_NFA_MAP", "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "FORMAT_VERSIONS",
+    "METADATA_KEY", "RUNTIMES", "as_graph_input", "output_names", "read_metadata",
 ]
 
 #: ``format`` of the metadata of an exported model.
 FORMAT_NAME = "skflow_ad.exported_detector"
-#: ``format_version`` this skflow_ad writes and reads.
-FORMAT_VERSION = 1
+#: The newest ``format_version`` this skflow_ad writes; it reads :data:`FORMAT_VERSIONS`.
+FORMAT_VERSION = 2
+#: The ``format_version`` values this skflow_ad reads (2 adds the optional ``block_log_nfa`` output).
+FORMAT_VERSIONS = (1, 2)
+#: Metadata key of the parameters of the graph's ``block_log_nfa`` output, when it has one.
+BLOCK_NFA_MAP = "block_nfa_map"
+#: Name of that output.
+BLOCK_LOG_NFA_OUTPUT = "block_log_nfa"
 #: The metadata key (ONNX ``metadata_props``, OpenVINO ``rt_info``) of the JSON document.
 METADATA_KEY = "skflow_ad"
 #: The graph's input.
@@ -88,10 +102,10 @@ _REQUIRED_KEYS = (
 )
 
 
-def output_names(n_scales):
-    """The output names of an exported graph with ``n_scales`` latent scales."""
+def output_names(n_scales, *, block_nfa_map=False):
+    """The output names of an exported graph with ``n_scales`` latent scales (and the block-NFA map)."""
     return ["scores", "anomaly_maps", *(f"energy_{s}" for s in range(n_scales)),
-            *(f"exceedances_{s}" for s in range(n_scales))]
+            *(f"exceedances_{s}" for s in range(n_scales)), *([BLOCK_LOG_NFA_OUTPUT] if block_nfa_map else [])]
 
 
 def as_graph_input(batch):
@@ -126,10 +140,11 @@ def read_metadata(text, path):
         raise ModelFileError(f"{os.fspath(path)!r} has damaged skflow_ad metadata (not JSON); export it again.") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(not_ours)
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") not in FORMAT_VERSIONS:
         raise ModelFileError(
             f"{os.fspath(path)!r} has export format version {metadata.get('format_version')!r}; this skflow_ad "
-            f"reads version {FORMAT_VERSION}: upgrade skflow_ad or export the model with this one."
+            f"reads versions {', '.join(map(str, FORMAT_VERSIONS))}: upgrade skflow_ad or export the model with "
+            f"this one."
         )
     missing = [key for key in _REQUIRED_KEYS if key not in metadata]
     if missing:
@@ -314,4 +329,6 @@ class ExportedDetector(ImagePredictionMixin):
         return check_fitted_images(X, self.n_channels_, self.detector_class_)
 
     def _run_network(self, batch):
-        return NetworkOutputs.from_sequence(self._session.run(as_graph_input(batch)))
+        # A block_log_nfa output comes last; the maps are computed from the counts at each input's size.
+        n_network_outputs = 2 + 2 * len(self.latent_shapes_)
+        return NetworkOutputs.from_sequence(self._session.run(as_graph_input(batch))[:n_network_outputs])

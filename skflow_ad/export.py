@@ -73,12 +73,13 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._validation import IMAGES, check_fitted_images
+from ._validation import IMAGES, check_bool, check_fitted_images
 from .extras import require
 from .deploy import (
-    FORMAT_NAME, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS, as_graph_input, output_names,
-    read_metadata,
+    BLOCK_NFA_MAP, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSIONS, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS,
+    as_graph_input, output_names, read_metadata,
 )
+from .inference import BlockLogNFA
 from .modes import inference_network
 from .nfa import chi2_threshold
 from .nn.csflow import tap_sum
@@ -144,15 +145,24 @@ def nested_mean_layer_norm(input, normalized_shape, weight=None, bias=None, eps=
 
 
 class _GraphWithThreshold(nn.Module):
-    """``images -> InferenceNetwork(images, chi2_threshold)`` with the threshold a constant buffer."""
+    """``images -> InferenceNetwork(images, chi2_threshold)`` with the threshold a constant buffer.
 
-    def __init__(self, network, threshold):
+    With a ``block_nfa`` module (:class:`skflow_ad.inference.BlockLogNFA`),
+    its map of the exceedance counts is one more output, the last.
+    """
+
+    def __init__(self, network, threshold, block_nfa=None):
         super().__init__()
         self.network = network
+        self.block_nfa = block_nfa
         self.register_buffer("chi2_threshold", torch.tensor(threshold, dtype=torch.float32), persistent=False)
 
     def forward(self, images):
-        return self.network(images, self.chi2_threshold)
+        outputs = self.network(images, self.chi2_threshold)
+        if self.block_nfa is None:
+            return outputs
+        n_scales = (len(outputs) - 2) // 2
+        return (*outputs, self.block_nfa(outputs[2 + n_scales:]))
 
 
 def _require(module, purpose):
@@ -176,17 +186,21 @@ def _check_exportable(detector, method):
     validate_prediction_parameters(detector, PREDICTION_PARAMETER_CONSTRAINTS, PREDICTION_PARAMETER_CONSTRAINTS)
 
 
-def export_metadata(detector, runtime="onnxruntime"):
+def export_metadata(detector, runtime="onnxruntime", block_nfa_map=False):
     """The metadata document of an export of ``detector`` laid out for ``runtime`` (format in :mod:`skflow_ad.deploy`).
+
+    ``block_nfa_map``: whether the graph also outputs the block-NFA map
+    (:func:`export_onnx`); such a graph is format version 2, older ones 1.
 
     Returns
     -------
     dict
         JSON-serialisable.
     """
-    return {
+    metadata = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        # Without the map, the version that skflow_ad 0.1 reads too.
+        "format_version": FORMAT_VERSION if block_nfa_map else FORMAT_VERSIONS[0],
         "detector": type(detector).__name__,
         "image_size_": [int(v) for v in detector.image_size_],
         "n_channels_": int(detector.n_channels_),
@@ -198,10 +212,17 @@ def export_metadata(detector, runtime="onnxruntime"):
             name: getattr(detector, name) for name in PREDICTION_PARAMETER_CONSTRAINTS
         },
         "input": INPUT_NAME,
-        "outputs": output_names(len(detector.latent_shapes_)),
+        "outputs": output_names(len(detector.latent_shapes_), block_nfa_map=block_nfa_map),
         "graph_runtime": runtime,
         "versions": {**current_versions(), **{name: _package_version(name) for name in EXPORT_PACKAGES}},
     }
+    if block_nfa_map:
+        metadata[BLOCK_NFA_MAP] = {
+            "window_size": int(detector.nfa_window_size),
+            "probability_threshold": float(detector.nfa_probability_threshold),
+            "high_precision": bool(detector.nfa_high_precision),
+        }
+    return metadata
 
 
 def _check_graph_runtime(runtime):
@@ -209,15 +230,21 @@ def _check_graph_runtime(runtime):
         raise ValueError(f"runtime must be one of {', '.join(map(repr, GRAPH_TAP_SUMS))}; got {runtime!r}.")
 
 
-def _onnx_program(detector, opset, runtime):
+def _onnx_program(detector, opset, runtime, block_nfa_map):
     """The ``torch.onnx.ONNXProgram`` of ``detector``'s prediction network laid out for ``runtime``, with its metadata."""
     network = inference_network(detector)
     if torch.device(detector.device_).type != "cpu":
         import copy
 
         network = copy.deepcopy(network).cpu()
-    metadata = export_metadata(detector, runtime)
-    graph = _GraphWithThreshold(network, metadata["chi2_threshold"]).eval()
+    metadata = export_metadata(detector, runtime, block_nfa_map)
+    block_nfa = None
+    if block_nfa_map:
+        parameters = metadata[BLOCK_NFA_MAP]
+        block_nfa = BlockLogNFA(detector.latent_shapes_, detector.image_size_, window_size=parameters["window_size"],
+                                probability_threshold=parameters["probability_threshold"],
+                                high_precision=parameters["high_precision"])
+    graph = _GraphWithThreshold(network, metadata["chi2_threshold"], block_nfa).eval()
     height, width = detector.image_size_
     example = torch.zeros((2, height, width, detector.n_channels_), dtype=torch.uint8)
     with torch.inference_mode(False), torch.no_grad(), tap_sum(GRAPH_TAP_SUMS[runtime]), \
@@ -241,7 +268,7 @@ def _onnx_program(detector, opset, runtime):
     return onnx_program
 
 
-def export_onnx(detector, path, *, opset=None, runtime="onnxruntime"):
+def export_onnx(detector, path, *, opset=None, runtime="onnxruntime", block_nfa_map=False):
     """Write the prediction network of a fitted image detector as one ONNX model.
 
     Parameters
@@ -257,6 +284,16 @@ def export_onnx(detector, path, *, opset=None, runtime="onnxruntime"):
     runtime : {"onnxruntime", "openvino"}
         The runtime the graph is laid out for (module doc); the same numbers
         up to float32 rounding, and either graph runs on either runtime.
+    block_nfa_map : bool, default=False
+        Also output ``block_log_nfa`` ``(n, H, W)`` float32 at the working
+        size: the detector's ``log_nfa_map(X, "block_nfa")`` with its
+        ``nfa_window_size``, ``nfa_probability_threshold`` and
+        ``nfa_high_precision`` at export time (recorded in the metadata
+        under ``"block_nfa_map"``), for programs that run the graph without
+        skflow_ad: a pixel is anomalous where it is below
+        ``nfa_log_epsilon``. :class:`skflow_ad.deploy.ExportedDetector`
+        reads such a graph and computes its NFA maps from the counts, at
+        each input's size, with any parameters.
 
     Returns
     -------
@@ -273,11 +310,12 @@ def export_onnx(detector, path, *, opset=None, runtime="onnxruntime"):
         When ``onnx`` or ``onnxscript`` is missing (``pip install "skflow-ad[export]"``).
     """
     _check_graph_runtime(runtime)
+    block_nfa_map = check_bool(block_nfa_map, "block_nfa_map")
     _check_exportable(detector, "export_onnx")
     _require("onnx", "export_onnx")
     _require("onnxscript", "export_onnx")
     path = Path(os.fspath(path))
-    onnx_program = _onnx_program(detector, opset, runtime)
+    onnx_program = _onnx_program(detector, opset, runtime, block_nfa_map)
     n_bytes = sum(value.const_value.nbytes for value in onnx_program.model.graph.initializers.values()
                   if value.const_value is not None)
     if n_bytes >= PROTOBUF_LIMIT_BYTES:
@@ -288,7 +326,7 @@ def export_onnx(detector, path, *, opset=None, runtime="onnxruntime"):
     return path
 
 
-def export_openvino(detector, path, *, precision="FP32", calibration_images=None, opset=None):
+def export_openvino(detector, path, *, precision="FP32", calibration_images=None, opset=None, block_nfa_map=False):
     """Write the prediction network of a fitted image detector as OpenVINO IR (``.xml`` + ``.bin``).
 
     The ONNX model of :func:`export_onnx` laid out for OpenVINO, converted by
@@ -311,6 +349,8 @@ def export_openvino(detector, path, *, precision="FP32", calibration_images=None
         accepts, resized to the working size as for prediction.
     opset : int or None
         ONNX opset of the intermediate model.
+    block_nfa_map : bool, default=False
+        Also output the block-NFA map, as :func:`export_onnx`.
 
     Returns
     -------
@@ -325,11 +365,13 @@ def export_openvino(detector, path, *, precision="FP32", calibration_images=None
         INT8, ``nncf``) is missing.
     """
     path = _checked_openvino_destination(path, precision, calibration_images)
+    check_bool(block_nfa_map, "block_nfa_map")
     _check_exportable(detector, "export_openvino")
     calibration = _checked_calibration(calibration_images, detector.n_channels_, type(detector).__name__)
     _require("openvino", "export_openvino")
     with tempfile.TemporaryDirectory() as directory:
-        onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset, runtime="openvino")
+        onnx_path = export_onnx(detector, Path(directory) / "model.onnx", opset=opset, runtime="openvino",
+                                block_nfa_map=block_nfa_map)
         model_proto, metadata = _read_exported_onnx(onnx_path)
         return _convert_to_openvino(onnx_path, path, precision, calibration, model_proto, metadata)
 

@@ -10,8 +10,14 @@ are this module, traced.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .nfa.block import reflect_indices, window_count_table, window_half_width
 
 
 def latent_energies(latents):
@@ -86,3 +92,62 @@ class InferenceNetwork(nn.Module):
 
     def forward(self, images, chi2_threshold):
         return self.from_features(self.features(images), chi2_threshold)
+
+
+class BlockLogNFA(nn.Module):
+    """Exceedance counts per scale -> the block-NFA ``log10 NFA`` map at the working size, in torch.
+
+    :func:`skflow_ad.nfa.block_log_nfa` as a module of fixed geometry, for
+    the exported graph (``export_onnx(..., block_nfa_map=True)``): per scale
+    the reflected window rows and columns are constant index lists
+    (:func:`skflow_ad.nfa.block.reflect_indices`), the window sum a
+    convolution with ones, the tail a lookup in
+    :func:`skflow_ad.nfa.block.window_count_table`; then bilinear upsampling
+    and the sum over scales, as in numpy.
+
+    Parameters
+    ----------
+    latent_shapes : list of (C, h, w)
+        Finest scale first.
+    output_size : (int, int)
+        ``(H, W)`` of the map.
+    window_size, probability_threshold, high_precision
+        As :func:`skflow_ad.nfa.block_log_nfa`.
+
+    Notes
+    -----
+    ``forward(exceedances)`` takes the per-scale counts ``(n, h_s, w_s)``
+    (int) and returns ``(n, H, W)`` float32. The window sums are integers
+    below ``2**24``, exact in float32 whatever order the convolution adds
+    them in, and rounded before the lookup; the map then differs from
+    numpy's by float32 rounding of the upsampling and the sum only.
+    """
+
+    def __init__(self, latent_shapes, output_size, *, window_size, probability_threshold, high_precision):
+        super().__init__()
+        self.output_size = tuple(int(v) for v in output_size)
+        self.half_widths = []
+        for scale, (channels, height, width) in enumerate(latent_shapes):
+            half_width = window_half_width(window_size, scale)
+            table = window_count_table((2 * half_width + 1) ** 2, channels, probability_threshold, high_precision)
+            rows = reflect_indices(np.arange(-half_width, height + half_width), height)
+            cols = reflect_indices(np.arange(-half_width, width + half_width), width)
+            self.half_widths.append(half_width)
+            self.register_buffer(f"table_{scale}", torch.tensor(table, dtype=torch.float32), persistent=False)
+            self.register_buffer(f"rows_{scale}", torch.tensor(rows, dtype=torch.int64), persistent=False)
+            self.register_buffer(f"cols_{scale}", torch.tensor(cols, dtype=torch.int64), persistent=False)
+        self.log10_n_tests = float(np.float32(math.log10(sum(h * w for _, h, w in latent_shapes))))
+
+    def forward(self, exceedances):
+        total = None
+        for scale, counts in enumerate(exceedances):
+            side = 2 * self.half_widths[scale] + 1
+            padded = counts.to(torch.float32).index_select(1, getattr(self, f"rows_{scale}"))
+            padded = padded.index_select(2, getattr(self, f"cols_{scale}"))
+            ones = torch.ones((1, 1, side, side), dtype=torch.float32, device=padded.device)
+            window_counts = F.conv2d(padded[:, None], ones)[:, 0].round().to(torch.int64)
+            log10_probability = getattr(self, f"table_{scale}")[window_counts]
+            upsampled = F.interpolate(log10_probability[:, None], size=self.output_size, mode="bilinear",
+                                      align_corners=False)[:, 0]
+            total = upsampled if total is None else total + upsampled
+        return total + self.log10_n_tests

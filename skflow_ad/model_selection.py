@@ -72,6 +72,7 @@ from sklearn.model_selection import BaseCrossValidator, ShuffleSplit
 from sklearn.utils import check_random_state
 
 from . import metrics
+from ._validation import check_bool
 from .conventions import anomalous_from_labels, as_image_list, check_mask
 
 __all__ = [
@@ -212,8 +213,7 @@ class NormalOnlyKFold(BaseCrossValidator):
             raise TypeError(f"n_splits must be an integer, got {n_splits!r}.")
         if n_splits < 2:
             raise ValueError(f"n_splits must be at least 2, got {n_splits}.")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}.")
+        check_bool(shuffle, "shuffle")
         if not shuffle and random_state is not None:
             raise ValueError(
                 "random_state has no effect since shuffle is False: leave it as None "

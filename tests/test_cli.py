@@ -609,6 +609,23 @@ def test_export_lays_the_graph_out_for_the_runtime_asked(model_path, exported_pa
     assert ExportedDetector(exported_path).metadata_["graph_runtime"] == "onnxruntime"
 
 
+def test_export_with_the_block_nfa_map_adds_the_detectors_map_to_the_graph(model_path, exported_path, tmp_path,
+                                                                          capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import skflow_ad
+
+    path = tmp_path / "with_nfa.onnx"
+    assert main(["export", str(model_path), "-o", str(path), "--block-nfa-map"]) == 0
+    detector = skflow_ad.load(model_path)
+    images = (np.random.RandomState(3).rand(2, *detector.image_size_, detector.n_channels_) * 255).astype(np.uint8)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[-1].name == "block_log_nfa"
+    np.testing.assert_allclose(session.run(["block_log_nfa"], {"images": images})[0],
+                               detector.log_nfa_map(images, "block_nfa"), rtol=0, atol=1e-5)
+    assert main(["export", str(exported_path), "-o", str(tmp_path / "m.xml"), "--block-nfa-map"]) == 2
+    assert "--block-nfa-map goes with a detector file" in capsys.readouterr().err
+
+
 def test_export_converts_to_openvino_and_score_runs_it(mvtec_root, model_path, exported_path, tmp_path, capsys):
     pytest.importorskip("openvino")
     xml = tmp_path / "model.xml"

@@ -142,7 +142,65 @@ def test_metadata_records_the_fitted_model_and_the_graph_takes_a_uint8_batch(cas
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1:] == [*detector.image_size_, detector.n_channels_]
     assert [o.name for o in model.graph.output] == output_names(len(detector.latent_shapes_))
+    assert metadata["format_version"] == 1 and "block_nfa_map" not in metadata  # what skflow_ad 0.1 reads
     assert not [n for n in model.graph.node if n.op_type == "LayerNormalization"]  # nested means, module doc
+
+
+#: The graph's block-NFA map differs from numpy's by float32 rounding of the upsampling and sums only
+#: (the window counts are exact): measured 9.5e-7 on values down to -6 here.
+BLOCK_NFA_ATOL = 1e-5
+
+
+def _graph_outputs(path, images, runtime):
+    """The named outputs of an exported graph run directly on ``runtime`` (no skflow_ad reader)."""
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images})))
+    openvino = pytest.importorskip("openvino")
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled.create_infer_request().infer({"images": images})
+    return {output.get_any_name(): np.array(result[output]) for output in compiled.outputs}
+
+
+@pytest.mark.parametrize("window_size, high_precision", [(5, False), (9, True)])
+def test_block_nfa_map_in_the_graph_is_the_detectors(uflow_case, tmp_path, window_size, high_precision):
+    import copy
+
+    detector = copy.deepcopy(uflow_case[0]).set_params(nfa_window_size=window_size, nfa_high_precision=high_precision)
+    path = detector.export_onnx(tmp_path / "nfa.onnx", block_nfa_map=True)
+    images = _rgb(np.random.RandomState(5), 3, 32, 32)
+    images[0, 8:20, 8:20] = 255  # a bright square: windows far from the null hypothesis
+    expected = detector.log_nfa_map(images, "block_nfa")
+    assert expected.min() < -1.0  # the test covers detections, not only values near log10(n_tests)
+    for runtime in ("onnxruntime", "openvino"):
+        outputs = _graph_outputs(path, images, runtime)
+        got = outputs["block_log_nfa"]
+        assert got.shape == expected.shape and got.dtype == np.float32, runtime
+        np.testing.assert_allclose(got, expected, rtol=0, atol=BLOCK_NFA_ATOL, err_msg=runtime)
+        np.testing.assert_array_equal(got < detector.nfa_log_epsilon, detector.predict_mask(images, "block_nfa"))
+
+    exported = ExportedDetector(path, threads=1)
+    assert exported.metadata_["format_version"] == 2
+    assert exported.metadata_["block_nfa_map"] == {
+        "window_size": window_size, "probability_threshold": detector.nfa_probability_threshold,
+        "high_precision": high_precision,
+    }
+    assert exported.metadata_["outputs"] == [*output_names(len(detector.latent_shapes_)), "block_log_nfa"]
+    # The reader takes the graph's network outputs and computes every NFA map from the counts, as before.
+    _assert_same_scores_and_maps(detector.score_samples_and_anomaly_map(images),
+                                 exported.score_samples_and_anomaly_map(images))
+    np.testing.assert_allclose(exported.log_nfa_map(images, "block_nfa"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_block_nfa_map_must_be_a_bool(uflow_case, tmp_path):
+    detector = uflow_case[0]
+    for export in (detector.export_onnx, detector.export_openvino):
+        destination = tmp_path / ("m.onnx" if export == detector.export_onnx else "m.xml")
+        with pytest.raises(TypeError, match="block_nfa_map must be True or False, got 'yes'"):
+            export(destination, block_nfa_map="yes")
+        assert not destination.exists()
 
 
 def test_input_errors_are_the_detectors(uflow_case):
@@ -234,7 +292,7 @@ def test_files_that_are_not_exports_are_refused(uflow_case, tmp_path, monkeypatc
     entry = next(p for p in newer.metadata_props if p.key == METADATA_KEY)
     entry.value = json.dumps({**json.loads(entry.value), "format_version": 99})
     onnx.save(newer, str(foreign_path))
-    with pytest.raises(ModelFileError, match="has export format version 99; this skflow_ad reads version 1"):
+    with pytest.raises(ModelFileError, match="has export format version 99; this skflow_ad reads versions 1, 2"):
         ExportedDetector(foreign_path)
     with pytest.raises(FileNotFoundError, match="no exported model at"):
         ExportedDetector(tmp_path / "missing.onnx")

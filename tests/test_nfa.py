@@ -127,6 +127,23 @@ def test_block_fast_matches_reference_tiny_and_non_square_maps():
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("window_size, high_precision", [(5, False), (11, False), (11, True)])
+def test_block_module_of_the_exported_graph_is_block_log_nfa(window_size, high_precision):
+    torch = pytest.importorskip("torch")
+    from skflow_ad.inference import BlockLogNFA
+
+    # Windows wider than the map (repeated reflection) and a 1-pixel scale, as above.
+    shapes = [(3, 5, 7), (5, 2, 3), (2, 1, 1)]
+    counts = _random_counts(shapes, n_images=2, seed=4)
+    counts[0][0] = 3  # every entry large: the floored empty tail
+    kwargs = dict(window_size=window_size, probability_threshold=0.8, high_precision=high_precision)
+    module = BlockLogNFA(shapes, (13, 17), **kwargs)
+    got = module([torch.as_tensor(c, dtype=torch.int32) for c in counts]).numpy()
+    expected = block_log_nfa(counts, [c for c, _, _ in shapes], (13, 17), **kwargs)
+    assert got.dtype == np.float32 and got.min() < -30
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+
+
 def test_block_values_by_hand():
     # One channel, 3x3 map, 3x3 window (window_size=3), p = 1 - 0.9.
     p = 1.0 - 0.9

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-# The image-size rule and the integer test have their home with the other input rules.
-from .._validation import check_image_size, is_integer
+# The image-size and bool rules and the integer test have their home with the other input rules.
+from .._validation import check_bool, check_image_size, is_integer
 
 __all__ = ["check_bool", "check_count", "check_image_size", "is_integer"]
 
@@ -15,10 +13,3 @@ def check_count(value, name):
     if not is_integer(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
     return int(value)
-
-
-def check_bool(value, name):
-    """``value`` as a bool; ``TypeError`` naming ``name`` unless it is True or False."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}.")
-    return bool(value)

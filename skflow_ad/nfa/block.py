@@ -71,7 +71,11 @@ __all__ = [
     "LOG10_PROBABILITY_FLOOR",
     "block_log_nfa",
     "block_log_nfa_reference",
+    "box_sum_reflect",
     "chi2_threshold",
+    "reflect_indices",
+    "window_half_width",
+    "window_count_table",
 ]
 
 #: log10 of the smallest positive normal double: the value of an empty
@@ -144,21 +148,14 @@ def block_log_nfa(
     counts, n_channels, output_size, window_size, probability_threshold = _check_arguments(
         exceedance_counts, n_channels, output_size, window_size, probability_threshold
     )
-    p_exceed = 1.0 - probability_threshold
     total = None
     n_tests = 0
     for scale, (scale_counts, channels) in enumerate(zip(counts, n_channels)):
         n_tests += scale_counts.shape[1] * scale_counts.shape[2]
         half_width = window_half_width(window_size, scale)
         n_trials = (2 * half_width + 1) ** 2
-        window_counts = box_sum_reflect(scale_counts, half_width)
-        if high_precision:
-            table = _log10_continuous_tail_table(n_trials, channels, p_exceed)
-            log10_probability = table[window_counts]
-        else:
-            table = _log10_binomial_tail_table(n_trials, p_exceed)
-            # Integer division: floor of the channel average, exactly.
-            log10_probability = table[window_counts // channels]
+        table = window_count_table(n_trials, channels, probability_threshold, high_precision)
+        log10_probability = table[box_sum_reflect(scale_counts, half_width)]
         upsampled = resize_maps(log10_probability.astype(np.float32), output_size)
         total = upsampled if total is None else total + upsampled
     return (total + np.float32(math.log10(n_tests))).astype(np.float32)
@@ -185,6 +182,38 @@ def _log10_binomial_tail_table(n_trials, p_exceed):
     """``log10 P(Binomial(n_trials, p_exceed) > k)`` for ``k = 0..n_trials``, floored, read-only."""
     k = np.arange(n_trials + 1, dtype=np.float64)
     table = np.maximum(binom.logsf(k, n_trials, p_exceed) / np.log(10.0), LOG10_PROBABILITY_FLOOR)
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=64)
+def window_count_table(n_trials, n_channels, probability_threshold, high_precision=False):
+    """The block test's log10 tail for every possible window count: the one lookup of :func:`block_log_nfa`.
+
+    Parameters
+    ----------
+    n_trials : int
+        Window positions ``(2 r + 1)**2``.
+    n_channels : int
+        Latent channels ``C`` of the scale.
+    probability_threshold : float
+        As :func:`block_log_nfa`.
+    high_precision : bool, default=False
+        As :func:`block_log_nfa`.
+
+    Returns
+    -------
+    ndarray of shape (n_trials * n_channels + 1,), float64, read-only
+        Entry ``c`` is the log10 tail of a window holding ``c`` large
+        entries: the binomial tail at ``floor(c / C)``, or the continuous
+        tail at ``c / C`` when ``high_precision``. Also the table of the
+        exported graph's block-NFA map (:class:`skflow_ad.inference.BlockLogNFA`).
+    """
+    p_exceed = 1.0 - check_probability_threshold(probability_threshold)
+    if high_precision:
+        return _log10_continuous_tail_table(n_trials, n_channels, p_exceed)
+    # Integer division: the floor of the channel average, exactly.
+    table = _log10_binomial_tail_table(n_trials, p_exceed)[np.arange(n_trials * n_channels + 1) // n_channels]
     table.flags.writeable = False
     return table
 
