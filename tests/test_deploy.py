@@ -57,11 +57,13 @@ def contracted_uflow_case(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def csflow_case(tmp_path_factory):
-    """The same for CS-Flow on gray images, at its smallest size (its export is the slow part of this file)."""
+    """The same for CS-Flow on gray images, at its smallest size (its export is the slow part of this file).
+
+    Exported with the block-NFA map, so that every parity test of this file also reads a format-2 graph."""
     rng = np.random.RandomState(0)
     detector = CSFlowDetector(pretrained=False, image_size=128, cross_conv_hidden_channels=16, max_epochs=1,
                               batch_size=8, random_state=0).fit((rng.rand(8, 128, 96) * 255).astype(np.uint8))
-    path = detector.export_onnx(tmp_path_factory.mktemp("csflow") / "model.onnx")
+    path = detector.export_onnx(tmp_path_factory.mktemp("csflow") / "model.onnx", block_nfa_map=True)
     images = [(rng.rand(*size) * 255).astype(np.uint8) for size in [(128, 128), (90, 140)]]
     return detector, path, images, detector.score_samples_and_anomaly_map(images)
 
@@ -141,8 +143,10 @@ def test_metadata_records_the_fitted_model_and_the_graph_takes_a_uint8_batch(cas
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1:] == [*detector.image_size_, detector.n_channels_]
-    assert [o.name for o in model.graph.output] == output_names(len(detector.latent_shapes_))
-    assert metadata["format_version"] == 1 and "block_nfa_map" not in metadata  # what skflow_ad 0.1 reads
+    with_map = isinstance(detector, CSFlowDetector)  # the fixtures' choice
+    assert [o.name for o in model.graph.output] == output_names(len(detector.latent_shapes_), block_nfa_map=with_map)
+    # Without the map, the format skflow_ad 0.1 reads.
+    assert metadata["format_version"] == (2 if with_map else 1) and ("block_nfa_map" in metadata) == with_map
     assert not [n for n in model.graph.node if n.op_type == "LayerNormalization"]  # nested means, module doc
 
 
@@ -192,6 +196,13 @@ def test_block_nfa_map_in_the_graph_is_the_detectors(uflow_case, tmp_path, windo
     _assert_same_scores_and_maps(detector.score_samples_and_anomaly_map(images),
                                  exported.score_samples_and_anomaly_map(images))
     np.testing.assert_allclose(exported.log_nfa_map(images, "block_nfa"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_block_nfa_map_in_the_csflow_graph_is_the_detectors(csflow_case):
+    detector, path, _, _ = csflow_case
+    images = (np.random.RandomState(6).rand(2, 128, 128, 1) * 255).astype(np.uint8)
+    got = _graph_outputs(path, images, "onnxruntime")["block_log_nfa"]
+    np.testing.assert_allclose(got, detector.log_nfa_map(images, "block_nfa"), rtol=0, atol=BLOCK_NFA_ATOL)
 
 
 def test_block_nfa_map_must_be_a_bool(uflow_case, tmp_path):
