@@ -20,7 +20,9 @@ An ONNX model (or OpenVINO IR) with one input, ``images``: ``uint8``
 ``(n, h_s, w_s)`` int32 (:class:`skflow_ad.prediction.NetworkOutputs`), and,
 in a graph exported with ``block_nfa_map=True``, last, ``block_log_nfa``
 ``(n, H, W)`` float32: the block-NFA ``log10 NFA`` map at the working size
-(:class:`skflow_ad.inference.BlockLogNFA`). Its
+(:class:`skflow_ad.inference.BlockLogNFA`) with the ``nfa_window_size``,
+``nfa_probability_threshold`` and ``nfa_high_precision`` of the metadata's
+``prediction_parameters``. Its
 metadata (ONNX ``metadata_props``, OpenVINO ``rt_info``) holds one JSON
 document under the key :data:`METADATA_KEY`:
 
@@ -42,9 +44,6 @@ document under the key :data:`METADATA_KEY`:
     ``nfa_log_epsilon``, ``min_region_area`` at export time.
 ``input``, ``outputs``
     The graph's input and output names.
-``block_nfa_map``
-    Only with the ``block_log_nfa`` output: the ``window_size``,
-    ``probability_threshold`` and ``high_precision`` of its test.
 ``graph_runtime``
     ``"onnxruntime"`` or ``"openvino"``: the runtime the graph was laid out
     for (:func:`skflow_ad.export.export_onnx`); absent from exports of
@@ -70,7 +69,7 @@ from .prediction import (
 )
 
 __all__ = [
-    "BLOCK_LOG_NFA_OUTPUT", "BLOCK_NFA_MAP", "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "FORMAT_VERSIONS",
+    "BLOCK_LOG_NFA_OUTPUT", "ExportedDetector", "FORMAT_NAME", "FORMAT_VERSION", "FORMAT_VERSIONS",
     "METADATA_KEY", "RUNTIMES", "as_graph_input", "output_names", "read_metadata",
 ]
 
@@ -80,9 +79,7 @@ FORMAT_NAME = "skflow_ad.exported_detector"
 FORMAT_VERSION = 2
 #: The ``format_version`` values this skflow_ad reads (2 adds the optional ``block_log_nfa`` output).
 FORMAT_VERSIONS = (1, 2)
-#: Metadata key of the parameters of the graph's ``block_log_nfa`` output, when it has one.
-BLOCK_NFA_MAP = "block_nfa_map"
-#: Name of that output.
+#: Name of the graph's optional block-NFA map output.
 BLOCK_LOG_NFA_OUTPUT = "block_log_nfa"
 #: The metadata key (ONNX ``metadata_props``, OpenVINO ``rt_info``) of the JSON document.
 METADATA_KEY = "skflow_ad"

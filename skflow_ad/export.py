@@ -76,7 +76,7 @@ from torch import nn
 from ._validation import IMAGES, check_bool, check_fitted_images
 from .extras import require
 from .deploy import (
-    BLOCK_NFA_MAP, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSIONS, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS,
+    FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSIONS, INPUT_NAME, METADATA_KEY, OPENVINO_PRECISIONS,
     as_graph_input, output_names, read_metadata,
 )
 from .inference import BlockLogNFA
@@ -197,7 +197,7 @@ def export_metadata(detector, runtime="onnxruntime", block_nfa_map=False):
     dict
         JSON-serialisable.
     """
-    metadata = {
+    return {
         "format": FORMAT_NAME,
         # Without the map, the version that skflow_ad 0.1 reads too.
         "format_version": FORMAT_VERSION if block_nfa_map else FORMAT_VERSIONS[0],
@@ -216,13 +216,6 @@ def export_metadata(detector, runtime="onnxruntime", block_nfa_map=False):
         "graph_runtime": runtime,
         "versions": {**current_versions(), **{name: _package_version(name) for name in EXPORT_PACKAGES}},
     }
-    if block_nfa_map:
-        metadata[BLOCK_NFA_MAP] = {
-            "window_size": int(detector.nfa_window_size),
-            "probability_threshold": float(detector.nfa_probability_threshold),
-            "high_precision": bool(detector.nfa_high_precision),
-        }
-    return metadata
 
 
 def _check_graph_runtime(runtime):
@@ -240,10 +233,9 @@ def _onnx_program(detector, opset, runtime, block_nfa_map):
     metadata = export_metadata(detector, runtime, block_nfa_map)
     block_nfa = None
     if block_nfa_map:
-        parameters = metadata[BLOCK_NFA_MAP]
-        block_nfa = BlockLogNFA(detector.latent_shapes_, detector.image_size_, window_size=parameters["window_size"],
-                                probability_threshold=parameters["probability_threshold"],
-                                high_precision=parameters["high_precision"])
+        block_nfa = BlockLogNFA(detector.latent_shapes_, detector.image_size_, window_size=detector.nfa_window_size,
+                                probability_threshold=detector.nfa_probability_threshold,
+                                high_precision=detector.nfa_high_precision)
     graph = _GraphWithThreshold(network, metadata["chi2_threshold"], block_nfa).eval()
     height, width = detector.image_size_
     example = torch.zeros((2, height, width, detector.n_channels_), dtype=torch.uint8)
@@ -288,8 +280,8 @@ def export_onnx(detector, path, *, opset=None, runtime="onnxruntime", block_nfa_
         Also output ``block_log_nfa`` ``(n, H, W)`` float32 at the working
         size: the detector's ``log_nfa_map(X, "block_nfa")`` with its
         ``nfa_window_size``, ``nfa_probability_threshold`` and
-        ``nfa_high_precision`` at export time (recorded in the metadata
-        under ``"block_nfa_map"``), for programs that run the graph without
+        ``nfa_high_precision`` at export time (the metadata's
+        ``prediction_parameters``), for programs that run the graph without
         skflow_ad: a pixel is anomalous where it is below
         ``nfa_log_epsilon``. :class:`skflow_ad.deploy.ExportedDetector`
         reads such a graph and computes its NFA maps from the counts, at

@@ -146,7 +146,7 @@ def test_metadata_records_the_fitted_model_and_the_graph_takes_a_uint8_batch(cas
     with_map = isinstance(detector, CSFlowDetector)  # the fixtures' choice
     assert [o.name for o in model.graph.output] == output_names(len(detector.latent_shapes_), block_nfa_map=with_map)
     # Without the map, the format skflow_ad 0.1 reads.
-    assert metadata["format_version"] == (2 if with_map else 1) and ("block_nfa_map" in metadata) == with_map
+    assert metadata["format_version"] == (2 if with_map else 1)
     assert not [n for n in model.graph.node if n.op_type == "LayerNormalization"]  # nested means, module doc
 
 
@@ -187,10 +187,8 @@ def test_block_nfa_map_in_the_graph_is_the_detectors(uflow_case, tmp_path, windo
 
     exported = ExportedDetector(path, threads=1)
     assert exported.metadata_["format_version"] == 2
-    assert exported.metadata_["block_nfa_map"] == {
-        "window_size": window_size, "probability_threshold": detector.nfa_probability_threshold,
-        "high_precision": high_precision,
-    }
+    parameters = exported.metadata_["prediction_parameters"]  # those of the map in the graph
+    assert (parameters["nfa_window_size"], parameters["nfa_high_precision"]) == (window_size, high_precision)
     assert exported.metadata_["outputs"] == [*output_names(len(detector.latent_shapes_)), "block_log_nfa"]
     # The reader takes the graph's network outputs and computes every NFA map from the counts, as before.
     _assert_same_scores_and_maps(detector.score_samples_and_anomaly_map(images),
