@@ -15,9 +15,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .nfa.block import reflect_indices, window_count_table, window_half_width
+from .nfa.block import window_count_table, window_half_width, window_matrix
+from .resample import interpolation_matrix
 
 
 def latent_energies(latents):
@@ -98,12 +98,13 @@ class BlockLogNFA(nn.Module):
     """Exceedance counts per scale -> the block-NFA ``log10 NFA`` map at the working size, in torch.
 
     :func:`skflow_ad.nfa.block_log_nfa` as a module of fixed geometry, for
-    the exported graph (``export_onnx(..., block_nfa_map=True)``): per scale
-    the reflected window rows and columns are constant index lists
-    (:func:`skflow_ad.nfa.block.reflect_indices`), the window sum a
-    convolution with ones, the tail a lookup in
-    :func:`skflow_ad.nfa.block.window_count_table`; then bilinear upsampling
-    and the sum over scales, as in numpy.
+    the exported graph (``export_onnx(..., block_nfa_map=True)``), written as
+    matrix products, which runtimes run fast: per scale the window sums are
+    ``B_h @ counts @ B_w.T`` (:func:`skflow_ad.nfa.block.window_matrix`,
+    reflection padding included), the tail a lookup in
+    :func:`skflow_ad.nfa.block.window_count_table`, and the bilinear
+    upsampling ``R_H @ tail @ R_W.T`` with the matrices numpy's
+    :func:`skflow_ad.resample.resize_maps` uses; then the sum over scales.
 
     Parameters
     ----------
@@ -118,36 +119,38 @@ class BlockLogNFA(nn.Module):
     -----
     ``forward(exceedances)`` takes the per-scale counts ``(n, h_s, w_s)``
     (int) and returns ``(n, H, W)`` float32. The window sums are integers
-    below ``2**24``, exact in float32 whatever order the convolution adds
-    them in, and rounded before the lookup; the map then differs from
-    numpy's by float32 rounding of the upsampling and the sum only.
+    below ``2**24``, exact in float32 whatever order the products add them
+    in, and rounded before the lookup; the map then differs from numpy's by
+    float32 rounding of the upsampling and the sum only.
     """
 
     def __init__(self, latent_shapes, output_size, *, window_size, probability_threshold, high_precision):
         super().__init__()
-        self.output_size = tuple(int(v) for v in output_size)
-        self.half_widths = []
-        for scale, (channels, height, width) in enumerate(latent_shapes):
+        height, width = (int(v) for v in output_size)
+        for scale, (channels, rows, cols) in enumerate(latent_shapes):
             half_width = window_half_width(window_size, scale)
             table = window_count_table((2 * half_width + 1) ** 2, channels, probability_threshold, high_precision)
-            rows = reflect_indices(np.arange(-half_width, height + half_width), height)
-            cols = reflect_indices(np.arange(-half_width, width + half_width), width)
-            self.half_widths.append(half_width)
-            self.register_buffer(f"table_{scale}", torch.tensor(table, dtype=torch.float32), persistent=False)
-            self.register_buffer(f"rows_{scale}", torch.tensor(rows, dtype=torch.int64), persistent=False)
-            self.register_buffer(f"cols_{scale}", torch.tensor(cols, dtype=torch.int64), persistent=False)
+            constants = {
+                "table": table,
+                "window_rows": window_matrix(rows, half_width),
+                "window_cols": window_matrix(cols, half_width).T,
+                "upsample_rows": interpolation_matrix(rows, height),
+                "upsample_cols": interpolation_matrix(cols, width).T,
+            }
+            for name, value in constants.items():
+                self.register_buffer(f"{name}_{scale}", torch.tensor(value, dtype=torch.float32), persistent=False)
         self.log10_n_tests = float(np.float32(math.log10(sum(h * w for _, h, w in latent_shapes))))
+
+    def _constant(self, name, scale):
+        return getattr(self, f"{name}_{scale}")
 
     def forward(self, exceedances):
         total = None
         for scale, counts in enumerate(exceedances):
-            side = 2 * self.half_widths[scale] + 1
-            padded = counts.to(torch.float32).index_select(1, getattr(self, f"rows_{scale}"))
-            padded = padded.index_select(2, getattr(self, f"cols_{scale}"))
-            ones = torch.ones((1, 1, side, side), dtype=torch.float32, device=padded.device)
-            window_counts = F.conv2d(padded[:, None], ones)[:, 0].round().to(torch.int64)
-            log10_probability = getattr(self, f"table_{scale}")[window_counts]
-            upsampled = F.interpolate(log10_probability[:, None], size=self.output_size, mode="bilinear",
-                                      align_corners=False)[:, 0]
+            window_counts = self._constant("window_rows", scale) @ counts.to(torch.float32) @ \
+                self._constant("window_cols", scale)
+            log10_probability = self._constant("table", scale)[window_counts.round().to(torch.int64)]
+            upsampled = self._constant("upsample_rows", scale) @ log10_probability @ \
+                self._constant("upsample_cols", scale)
             total = upsampled if total is None else total + upsampled
         return total + self.log10_n_tests

@@ -22,6 +22,7 @@ from skflow_ad.nfa.block import (
     _log10_continuous_tail_table,
     block_log_nfa_reference,
     box_sum_reflect,
+    window_matrix,
 )
 from skflow_ad.nfa.tree import (
     POLYOMINO_ALPHA,
@@ -220,6 +221,11 @@ def test_box_sum_reflect_matches_numpy_padding():
             for col in range(values.shape[2]):
                 expected[:, row, col] = padded[:, row : row + side, col : col + side].sum(axis=(1, 2))
         np.testing.assert_array_equal(box_sum_reflect(values, half_width), expected)
+        # The exported graph's form: B_h @ v @ B_w.T, the same integers.
+        np.testing.assert_array_equal(
+            window_matrix(4, half_width) @ values @ window_matrix(6, half_width).T, expected
+        )
+    assert window_matrix(1, 3).tolist() == [[7]]  # a 1-pixel side: every window position reflects onto it
 
 
 @pytest.mark.parametrize(

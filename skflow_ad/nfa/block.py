@@ -75,6 +75,7 @@ __all__ = [
     "chi2_threshold",
     "reflect_indices",
     "window_half_width",
+    "window_matrix",
     "window_count_table",
 ]
 
@@ -262,6 +263,26 @@ def reflect_indices(indices, size):
     period = 2 * (size - 1)
     folded = np.mod(indices, period)
     return np.where(folded >= size, period - folded, folded)
+
+
+def window_matrix(size, half_width):
+    """``(size, size)`` matrix ``B`` with ``B @ v`` the sums of ``v`` over windows with reflection padding.
+
+    Entry ``(i, j)`` counts how often position ``j`` falls in the window
+    ``i - r .. i + r`` once reflected (:func:`reflect_indices`), so that
+    ``B_h @ counts @ B_w.T`` is :func:`box_sum_reflect` of an ``(h, w)``
+    map: the form of the window sums in the exported graph
+    (:class:`skflow_ad.inference.BlockLogNFA`), where matrix products are fast.
+
+    Returns
+    -------
+    ndarray of shape (size, size), int64
+    """
+    matrix = np.zeros((size, size), dtype=np.int64)
+    rows = np.repeat(np.arange(size), 2 * half_width + 1)
+    cols = reflect_indices(rows + np.tile(np.arange(-half_width, half_width + 1), size), size)
+    np.add.at(matrix, (rows, cols), 1)
+    return matrix
 
 
 def box_sum_reflect(values, half_width):
